@@ -1,0 +1,3 @@
+"""shipml: from a table of data to a tracked, registered, evaluated model."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,185 @@
+"""The shipml.yaml config: pydantic models, loading, and errors that name the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shipml.errors import ConfigError
+
+Task = Literal["classification", "regression"]
+
+CLASSIFICATION_METRICS = (
+    "roc_auc",
+    "accuracy",
+    "balanced_accuracy",
+    "f1_macro",
+    "f1_weighted",
+    "precision_macro",
+    "recall_macro",
+    "log_loss",
+)
+REGRESSION_METRICS = ("rmse", "mae", "r2", "mape")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the training table comes from: a file (CSV/Parquet) or a SQL query."""
+
+    path: str | None = None
+    url: str | None = None
+    query: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.path and (self.url or self.query):
+            raise ValueError("give either 'path' or 'url' + 'query', not both")
+        if not self.path and not self.url:
+            raise ValueError("give 'path' (CSV or Parquet file) or 'url' + 'query' (SQL)")
+        if self.url and not self.query:
+            raise ValueError("a SQL source needs 'query' as well as 'url'")
+        return self
+
+
+class FeaturesConfig(_Strict):
+    """Column roles. Columns not listed anywhere are inferred from the data."""
+
+    exclude: list[str] = Field(default_factory=list)
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    boolean: list[str] = Field(default_factory=list)
+    datetime: list[str] = Field(default_factory=list)
+    text: list[str] = Field(default_factory=list)
+    derived: dict[str, str] = Field(default_factory=dict)
+    max_categories: int = Field(default=30, ge=2)
+    min_category_frequency: int = Field(default=5, ge=1)
+
+
+class SplitConfig(_Strict):
+    test_size: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = 42
+    time_column: str | None = None
+
+
+class TrainingConfig(_Strict):
+    models: Literal["auto"] | list[str] = "auto"
+    cv: int = Field(default=5, ge=2, le=20)
+    metric: str | None = None
+    time_budget_s: float = Field(default=120.0, gt=0)
+    seed: int = 42
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str | None) -> str | None:
+        if value is not None and value not in CLASSIFICATION_METRICS + REGRESSION_METRICS:
+            known = ", ".join(CLASSIFICATION_METRICS + REGRESSION_METRICS)
+            raise ValueError(f"unknown metric '{value}'; use one of: {known}")
+        return value
+
+
+class ValidationConfig(_Strict):
+    max_missing_share: float = Field(default=0.5, ge=0.0, le=1.0)
+    leakage_threshold: float = Field(default=0.98, gt=0.5, le=1.0)
+    imbalance_ratio: float = Field(default=0.1, gt=0.0, lt=1.0)
+    min_rows: int = Field(default=20, ge=2)
+
+
+class GateConfig(_Strict):
+    metric: str | None = None
+    min: float | None = None
+    must_beat_champion: bool = True
+
+
+class ServingConfig(_Strict):
+    log_predictions: bool = True
+
+
+class MonitoringConfig(_Strict):
+    drift_threshold: float = Field(default=0.1, gt=0.0)
+
+
+class ProjectConfig(_Strict):
+    """The whole of shipml.yaml."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    data: DataConfig
+    target: str
+    task: Task | None = None
+    tracking_uri: str | None = None
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> ProjectConfig:
+        metric = self.training.metric
+        if metric and self.task:
+            allowed = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+            if metric not in allowed:
+                raise ValueError(
+                    f"training.metric '{metric}' does not fit task '{self.task}'; "
+                    f"use one of: {', '.join(allowed)}"
+                )
+        return self
+
+
+def _format_error(path: Path, err: ValidationError) -> ConfigError:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        message = f"{path}: unknown key '{loc}'"
+        hint = "remove it or check its spelling; `shipml init --help` shows the config reference"
+    elif kind == "missing":
+        message = f"{path}: required key '{loc}' is missing"
+        hint = f"add '{loc}' to {path.name}"
+    else:
+        got = first.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        msg = first["msg"].removeprefix("Value error, ")
+        message = f"{path}: {loc}: {msg}{shown}"
+        hint = f"fix '{loc}' in {path.name}"
+    more = len(err.errors()) - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ConfigError(message, hint)
+
+
+def parse_config(raw: Any, path: Path) -> ProjectConfig:
+    """Validate an already-parsed YAML document; errors name the file and key path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of keys (name, data, target, ...)",
+            "see `shipml init` for a starting config",
+        )
+    try:
+        return ProjectConfig.model_validate(raw)
+    except ValidationError as err:
+        raise _format_error(path, err) from None
+
+
+def load_config(path: str | Path) -> ProjectConfig:
+    """Read and validate shipml.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file not found: {path}",
+            "run `shipml init DATA --target COLUMN` to create one, or pass -c PATH",
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}", "fix the YAML syntax") from None
+    return parse_config(raw, path)

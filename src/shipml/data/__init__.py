@@ -1,0 +1,1 @@
+"""Data: sources, schema inference, validation, split."""
