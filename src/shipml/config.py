@@ -124,7 +124,9 @@ class ProjectConfig(_Strict):
     def _metric_fits_task(self) -> ProjectConfig:
         metric = self.training.metric
         if metric and self.task:
-            allowed = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+            allowed = (
+                CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+            )
             if metric not in allowed:
                 raise ValueError(
                     f"training.metric '{metric}' does not fit task '{self.task}'; "

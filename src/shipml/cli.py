@@ -1,0 +1,328 @@
+"""The `shipml` command line: parses, calls one service, renders with Rich. No logic here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from shipml import __version__
+from shipml.console import console, error
+from shipml.errors import ShipmlError
+
+app = typer.Typer(
+    name="shipml",
+    help=(
+        "Turn a table of data into a tracked, registered, evaluated model from one config file.\n\n"
+        "Start with `shipml quickstart`, or `shipml init DATA --target COLUMN` then `shipml train`."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", "-c", help="The project's config file.", show_default=True)
+]
+AliasOpt = Annotated[
+    str, typer.Option("--alias", help="Which registered version to use, by alias.")
+]
+VersionOpt = Annotated[
+    int | None,
+    typer.Option("--version", help="Use this version number instead of an alias.", min=1),
+]
+
+
+def handle_errors(func: F) -> F:
+    """A user mistake prints one red line and a hint and exits 2; never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ShipmlError as err:
+            report = getattr(err, "report", None)
+            if report is not None:
+                from shipml.console import validation_table
+
+                table = validation_table(report)
+                if table is not None:
+                    console.print(table)
+            error(err.message, err.hint)
+            raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            error("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _project(config: Path) -> Any:
+    from shipml.project import Project
+
+    return Project.load(config)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"shipml {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version."
+        ),
+    ] = False,
+) -> None:
+    """shipml: from a table to a tracked, registered, evaluated model."""
+
+
+@app.command()
+@handle_errors
+def init(
+    data: Annotated[
+        str, typer.Argument(help="CSV or Parquet file, or a SQLAlchemy URL (with --query).")
+    ],
+    target: Annotated[str, typer.Option("--target", "-t", help="The column to predict.")],
+    task: Annotated[str, typer.Option(help="auto, classification or regression.")] = "auto",
+    name: Annotated[
+        str | None, typer.Option(help="Model name (default: from the data file).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the config.")] = Path(
+        "shipml.yaml"
+    ),
+    query: Annotated[
+        str | None, typer.Option(help="SQL query, when DATA is a database URL.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing config.")] = False,
+) -> None:
+    """Write a commented shipml.yaml inferred from the data: task and column roles.
+
+    Example: `shipml init data/customers.csv --target churned`
+    """
+    from shipml.console import schema_table
+    from shipml.scaffold import init_project
+
+    if task not in ("auto", "classification", "regression"):
+        raise ShipmlError(f"--task must be auto, classification or regression (got {task!r})")
+    result = init_project(data, target, None if task == "auto" else task, name, out, query, force)
+    console.print(schema_table(result.schema, f"Columns of {data} ({result.n_rows:,} rows)"))
+    console.print(
+        f"[bold green]✓[/] wrote {result.path}: task [bold]{result.schema.task}[/], metric "
+        f"{result.metric}. Review the column roles, then run `shipml train`."
+    )
+
+
+@app.command()
+@handle_errors
+def train(
+    config: ConfigOpt = Path("shipml.yaml"),
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Train on this CSV/Parquet file instead of the config's data."),
+    ] = None,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--time-budget", help="Seconds for the whole run (default: from config).", min=1
+        ),
+    ] = None,
+) -> None:
+    """Validate the data, cross-validate baselines and stronger models, refit the best, score it
+    on the held-out split, track everything in MLflow and register it.
+
+    The first version becomes the champion; later ones become the challenger.
+
+    Example: `shipml train --time-budget 60`
+    """
+    from shipml.console import train_progress, train_summary
+
+    project = _project(config)
+    with train_progress() as progress:
+        result = project.train(time_budget=time_budget, data=data, on_event=progress)
+    train_summary(result)
+
+
+@app.command()
+@handle_errors
+def models(config: ConfigOpt = Path("shipml.yaml")) -> None:
+    """List the registered versions with their aliases and key metrics.
+
+    Example: `shipml models`
+    """
+    from shipml.console import versions_table
+
+    project = _project(config)
+    versions = project.models()
+    if not versions:
+        console.print(f"No versions of '{project.config.name}' yet: run `shipml train`.")
+        return
+    console.print(versions_table(project.config.name, versions))
+
+
+def _ref(alias: str, version: int | None) -> str | int:
+    return version if version is not None else alias
+
+
+@app.command()
+@handle_errors
+def predict(
+    input: Annotated[Path, typer.Argument(help="CSV or Parquet file to score.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .csv or .parquet file.")],
+    config: ConfigOpt = Path("shipml.yaml"),
+    alias: AliasOpt = "champion",
+    version: VersionOpt = None,
+    allow_extra: Annotated[
+        bool, typer.Option(help="Carry columns the model has never seen through to the output.")
+    ] = False,
+) -> None:
+    """Score a file with a registered model: the input columns plus `prediction`, and for
+    classification `probability` and one `proba_<class>` column per class.
+
+    Example: `shipml predict new.csv --out scored.csv`
+    """
+    from shipml.data.sources import read_table_file
+    from shipml.scoring import write_table
+
+    project = _project(config)
+    model = project.load_model(_ref(alias, version))
+    scored = model.score(read_table_file(input), source=str(input), allow_extra=allow_extra)
+    write_table(scored, out)
+    counts = (
+        scored["prediction"].value_counts().head(5)
+        if model.schema.task == "classification"
+        else None
+    )
+    console.print(
+        f"[bold green]✓[/] scored {len(scored):,} rows of {input} with version {model.version} "
+        f"→ {out}"
+    )
+    if counts is not None:
+        console.print("  predictions: " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="Labelled CSV or Parquet file (with the target).")],
+    config: ConfigOpt = Path("shipml.yaml"),
+    alias: AliasOpt = "champion",
+    version: VersionOpt = None,
+) -> None:
+    """A registered model's metrics on new labelled data, beside its test metrics at training.
+
+    Example: `shipml evaluate labelled.csv`
+    """
+    from shipml.console import evaluation_table
+    from shipml.data.sources import read_table_file
+
+    project = _project(config)
+    result = project.evaluate(read_table_file(data), _ref(alias, version), source=str(data))
+    console.print(evaluation_table(result, data.name))
+    reports = project.root / ".shipml" / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    path = reports / f"evaluation-v{result.version}-{stamp}.json"
+    payload = {
+        "version": result.version,
+        "data": str(data),
+        "rows": result.n_rows,
+        "metrics": result.metrics,
+        "reference": result.reference,
+        **result.extras,
+    }
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    console.print(f"  saved {path}")
+
+
+@app.command()
+@handle_errors
+def promote(
+    version: Annotated[int, typer.Argument(help="The version to make champion.", min=1)],
+    config: ConfigOpt = Path("shipml.yaml"),
+) -> None:
+    """Make a version the champion (the model `predict`, `evaluate` and serving use).
+
+    Example: `shipml promote 2`
+    """
+    project = _project(config)
+    previous = project.promote(version)
+    was = f" (was version {previous})" if previous is not None else ""
+    console.print(f"[bold green]✓[/] version {version} is now the champion{was}.")
+
+
+@app.command()
+@handle_errors
+def rollback(config: ConfigOpt = Path("shipml.yaml")) -> None:
+    """Move the champion back to the version that was champion before it.
+
+    Example: `shipml rollback`
+    """
+    project = _project(config)
+    old, new = project.rollback()
+    console.print(f"[bold green]✓[/] champion rolled back from version {old} to version {new}.")
+
+
+@app.command()
+@handle_errors
+def ui(
+    config: ConfigOpt = Path("shipml.yaml"),
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 5000,
+) -> None:
+    """Open the MLflow UI on the project's store (runs, metrics, artifacts, registry).
+
+    Example: `shipml ui --port 5000`, then browse http://127.0.0.1:5000
+    """
+    from shipml import registry
+
+    project = _project(config)
+    cmd = registry.ui_command(project.store, host, port)
+    console.print(
+        f"MLflow UI for '{project.config.name}' on http://{host}:{port} (Ctrl+C stops it)"
+    )
+    try:
+        raise typer.Exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command()
+@handle_errors
+def quickstart(
+    dir: Annotated[Path, typer.Option("--dir", help="Folder for the demo project.")] = Path(
+        "shipml-quickstart"
+    ),
+    time_budget: Annotated[
+        float, typer.Option("--time-budget", help="Seconds for each training run.", min=5)
+    ] = 60.0,
+) -> None:
+    """Run the whole loop on bundled demo data: init → train → models → predict → evaluate →
+    train again → promote → rollback, and print where everything is.
+
+    Example: `shipml quickstart --dir /tmp/demo`
+    """
+    from shipml.quickstart import run_quickstart
+
+    run_quickstart(dir, time_budget)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Rich rendering of shipml's results: tables, progress, errors. No logic beyond layout."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from shipml.data.schema import Schema
+    from shipml.data.validate import ValidationReport
+    from shipml.registry import VersionInfo
+    from shipml.scoring import EvaluationResult
+    from shipml.training.search import Leaderboard
+    from shipml.training.train import TrainResult
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = 120  # piped or captured output: wide enough for the leaderboard
+
+_LEVEL_STYLE = {"fatal": "bold red", "warning": "yellow", "info": "dim"}
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def error(message: str, hint: str | None = None) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    if hint:
+        err_console.print(f"[dim]hint:[/] {hint}", soft_wrap=True)
+
+
+def schema_table(schema: Schema, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("column", "role", "dtype", "missing", "distinct", "note"):
+        table.add_column(col)
+    for c in schema.columns.values():
+        style = "dim" if c.role in ("excluded", "identifier", "text") else ""
+        table.add_row(
+            c.name, c.role, c.dtype, f"{c.missing_share:.1%}", str(c.n_unique), c.note, style=style
+        )
+    return table
+
+
+def validation_table(report: ValidationReport) -> Table | None:
+    if not report.findings:
+        return None
+    table = Table(title="Data validation", title_justify="left")
+    for col in ("level", "check", "column", "finding"):
+        table.add_column(col)
+    for f in report.findings:
+        style = _LEVEL_STYLE.get(f.level, "")
+        table.add_row(f"[{style}]{f.level}[/]", f.check, f.column or "", f.message)
+    return table
+
+
+def leaderboard_table(board: Leaderboard) -> Table:
+    table = Table(
+        title=f"Leaderboard (cross-validated, ranked by {board.metric})", title_justify="left"
+    )
+    table.add_column("#", justify="right")
+    table.add_column("model")
+    for m in board.metrics:
+        table.add_column(m, justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("note")
+    for row in board.to_records():
+        cells = []
+        for m in board.metrics:
+            mean, std = row[f"{m}_mean"], row[f"{m}_std"]
+            cells.append("–" if mean is None else f"{fmt(mean)} ± {fmt(std, 3)}")
+        name = row["model"] + (" [dim](baseline)[/]" if row["baseline"] else "")
+        style = "bold green" if row["rank"] == 1 else ("dim" if row["rank"] is None else "")
+        note = row["reason"] or ("" if row["status"] == "ok" else row["status"])
+        table.add_row(
+            str(row["rank"] or ""), name, *cells, f"{row['fit_seconds']:.1f}s", note, style=style
+        )
+    return table
+
+
+def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    names: list[str] = []
+    for values in columns.values():
+        names += [k for k in values if k not in names]
+    for header in columns:
+        table.add_column(header, justify="right")
+    for name in names:
+        table.add_row(name, *[fmt(values.get(name)) for values in columns.values()])
+    return table
+
+
+def train_summary(result: TrainResult) -> None:
+    console.print(leaderboard_table(result.leaderboard))
+    console.print(
+        metrics_table(
+            f"Test split ({result.n_test:,} rows), {result.best}", {"test": result.test_metrics}
+        )
+    )
+    alias_note = (
+        "it is the champion"
+        if result.alias == "champion"
+        else f"it is the challenger; `shipml promote {result.version}` makes it the champion"
+    )
+    console.print(
+        f"[bold green]✓[/] registered [bold]{result.model_name}[/] version "
+        f"[bold]{result.version}[/] ({result.best}, test {result.metric} = "
+        f"{fmt(result.test_metrics.get(result.metric))}): {alias_note}."
+    )
+    console.print(
+        f"  took {result.elapsed_s:.1f}s of a {result.budget_s:.0f}s budget · MLflow run "
+        f"{result.run_id} · validation report {result.paths['validation_report']}"
+    )
+
+
+def versions_table(name: str, versions: list[VersionInfo]) -> Table:
+    table = Table(title=f"Model '{name}'", title_justify="left")
+    for col in ("version", "aliases", "created", "model", "metric", "test", "cv mean"):
+        table.add_column(col, justify="right" if col in ("version", "test", "cv mean") else "left")
+    for v in versions:
+        metric = v.tags.get("shipml.metric", "")
+        aliases = ", ".join(v.aliases)
+        style = "bold green" if "champion" in v.aliases else ""
+        table.add_row(
+            str(v.version),
+            aliases,
+            datetime.fromtimestamp(v.created).strftime("%Y-%m-%d %H:%M"),
+            v.family,
+            metric,
+            fmt(v.test_metrics.get(metric)),
+            fmt(float(v.tags["shipml.cv_mean"])) if "shipml.cv_mean" in v.tags else "–",
+            style=style,
+        )
+    return table
+
+
+def evaluation_table(result: EvaluationResult, source: str) -> Table:
+    change = {
+        k: v - result.reference[k] for k, v in result.metrics.items() if k in result.reference
+    }
+    return metrics_table(
+        f"Version {result.version} on {source} ({result.n_rows:,} labelled rows)",
+        {
+            "at training (test split)": result.reference,
+            f"on {source}": result.metrics,
+            "change": change,
+        },
+    )
+
+
+class TrainProgress:
+    """Turns the train service's events into a progress bar and one line per candidate."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = progress.add_task("Starting", total=None)
+        self.total = 0
+        self.started = time.monotonic()
+
+    def __call__(self, kind: str, **info: Any) -> None:
+        p = self.progress
+        if kind == "stage":
+            p.update(self.task, description=info["name"])
+        elif kind == "validation":
+            table = validation_table(info["report"])
+            if table is not None:
+                p.console.print(table)
+        elif kind == "candidate_start":
+            self.total += info["folds"]
+            p.update(self.task, total=self.total, description=f"Cross-validating {info['name']}")
+        elif kind == "fold_done":
+            p.advance(self.task)
+        elif kind == "candidate_done":
+            r = info["result"]
+            metric = info["metric"]
+            if r.status == "ok":
+                p.console.print(
+                    f"  [green]✓[/] {r.name:<24} {metric} {fmt(r.mean(metric))} ± "
+                    f"{fmt(r.std(metric), 3)}  [dim]{r.fit_seconds:.1f}s[/]"
+                )
+            else:
+                p.console.print(f"  [yellow]–[/] {r.name:<24} [dim]{r.status}: {r.reason}[/]")
+
+
+@contextmanager
+def train_progress() -> Iterator[TrainProgress]:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        yield TrainProgress(progress)
+
+
+def paths_table(rows: dict[str, Path | str]) -> Table:
+    table = Table(title="Where things are", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("path")
+    for k, v in rows.items():
+        table.add_row(k, str(v))
+    return table

@@ -1,0 +1,335 @@
+"""Reading the training table: CSV / Parquet files and SQL queries, plus a content fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from shipml.config import DataConfig
+from shipml.errors import DataError, DataSourceError
+
+CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_PATH_HINT = "check `data.path` in shipml.yaml (relative paths start at the config file's folder)"
+
+# Python package that provides the default DBAPI driver of each SQLAlchemy dialect.
+_DRIVER_PACKAGES = {
+    "psycopg2": "psycopg2-binary",
+    "psycopg": "'psycopg[binary]'",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "pymysql",
+    "pyodbc": "pyodbc",
+    "oracledb": "oracledb",
+    "cx_Oracle": "oracledb",
+    "asyncpg": "asyncpg",
+    "pg8000": "pg8000",
+}
+_DIALECT_PACKAGES = {
+    "postgresql": "psycopg2-binary (or: pip install 'shipml[postgres]')",
+    "mysql": "mysqlclient (or use mysql+pymysql:// with pymysql)",
+    "mariadb": "mysqlclient",
+    "mssql": "pyodbc",
+    "oracle": "oracledb",
+}
+
+
+def _first_line(text: object, limit: int = 200) -> str:
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _file_kind(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    return None
+
+
+def _csv_separator(path: Path) -> str:
+    """Tab for .tsv. Otherwise comma (pandas' default), unless the header line has no comma but
+    has tabs or semicolons (as spreadsheet programs in many locales write CSV)."""
+    name = path.name.lower()
+    if name.endswith((".tsv", ".tsv.gz")):
+        return "\t"
+    if name.endswith(".gz"):
+        return ","
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            header = handle.readline()
+    except OSError:
+        return ","
+    if "," not in header:
+        if "\t" in header:
+            return "\t"
+        if ";" in header:
+            return ";"
+    return ","
+
+
+def _clean_columns(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Strip surrounding whitespace from column names; refuse duplicates that creates."""
+    names = [c.strip() if isinstance(c, str) else c for c in df.columns]
+    seen: set[object] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(
+                f"{where}: column '{name}' appears more than once",
+                "rename or drop the duplicate column",
+            )
+        seen.add(name)
+    out = df.copy(deep=False)
+    out.columns = pd.Index(names)
+    return out
+
+
+def read_table_file(path: str | Path) -> pd.DataFrame:
+    """Read a CSV (.csv, .tsv, .txt, optionally .gz) or Parquet (.parquet, .pq) file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file not found: {path}", _PATH_HINT)
+    if path.is_dir():
+        raise DataError(
+            f"{path} is a folder, not a data file", "point `data.path` at a CSV or Parquet file"
+        )
+    kind = _file_kind(path)
+    if kind is None:
+        raise DataError(
+            f"{path}: unknown file type '{''.join(path.suffixes) or '(none)'}'",
+            "use a CSV (.csv, .tsv, .txt, .csv.gz) or Parquet (.parquet, .pq) file",
+        )
+    try:
+        if kind == "parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, sep=_csv_separator(path), low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            f"{path}: the file is empty (no columns)", "give a file with a header row and data rows"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {err.start}): cannot read it as CSV",
+            "save the file as UTF-8 CSV, or as Parquet",
+        ) from None
+    except pd.errors.ParserError as err:
+        raise DataError(
+            f"{path}: cannot parse as CSV ({_first_line(err)})",
+            "check the separator and quoting; every row needs as many fields as the header",
+        ) from None
+    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid/ArrowIOError, gzip errors, ...
+        what = "Parquet" if kind == "parquet" else "CSV"
+        raise DataError(
+            f"{path}: cannot read it as {what} ({_first_line(err)})",
+            f"check that the file is a valid {what} file",
+        ) from None
+    except Exception as err:  # any other pyarrow error (ArrowException is not always a ValueError)
+        if type(err).__module__.startswith("pyarrow"):
+            raise DataError(
+                f"{path}: cannot read it as Parquet ({_first_line(err)})",
+                "check that the file is a valid Parquet file",
+            ) from None
+        raise
+    if df.shape[1] == 0:
+        raise DataError(
+            f"{path}: the file has no columns", "give a file with a header row and data rows"
+        )
+    if len(df) == 0:
+        raise DataError(f"{path}: the file has a header but no rows", "add data rows to the file")
+    return _clean_columns(df, str(path))
+
+
+# --- SQL ---------------------------------------------------------------------------------------
+
+_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")  # what sqlalchemy.text() takes for a bind parameter
+_BACKGROUND = re.compile(r"\s*\(Background on this error at: [^)]*\)")
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, safe to print."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return _mask_unparsed(url)
+    return parsed.render_as_string(hide_password=True) if parsed.password is not None else url
+
+
+def _mask_unparsed(url: str) -> str:
+    """For a URL SQLAlchemy cannot parse: hide everything between the scheme and the last '@'."""
+    if "@" not in url:
+        return url
+    scheme = url.split("://", 1)[0] + "://" if "://" in url else ""
+    return f"{scheme}***@{url.rsplit('@', 1)[1]}"
+
+
+def _url_password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:
+        return None
+    return str(password) if password else None
+
+
+def _scrub(text: str, password: str | None) -> str:
+    return text.replace(password, "***") if password else text
+
+
+def _db_message(err: BaseException) -> str:
+    """The database's own one-line message, without SQLAlchemy's statement dump and link."""
+    orig = getattr(err, "orig", None)
+    text = str(orig if orig is not None else err)
+    return _first_line(_BACKGROUND.sub("", text))
+
+
+def _literal_colons(query: str) -> str:
+    """Escape ``:name`` so sqlalchemy.text() does not read it as a bind parameter (shipml passes
+    none): a query like ``WHERE note = 'see :x'`` then runs as written."""
+    return _BIND.sub(r"\\:\1", query)
+
+
+def _resolve_sqlite(url: str, base_dir: Path) -> str:
+    """Make a relative SQLite file path relative to base_dir; refuse a database file that is
+    missing (SQLite would silently create an empty one)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url
+    if parsed.get_backend_name() != "sqlite":
+        return url
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return url
+    db_path = Path(database).expanduser()
+    if not db_path.is_absolute():
+        db_path = base_dir / db_path
+    if not db_path.is_file():
+        raise DataSourceError(
+            f"SQLite database file not found: {db_path} (data.url {mask_url(url)})",
+            "check the path in `data.url`; relative paths start at the config file's folder",
+        )
+    return parsed.set(database=str(db_path)).render_as_string(hide_password=False)
+
+
+def _default_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps a bare postgresql:// to psycopg (v3); shipml's postgres extra installs
+    psycopg2. Use psycopg2 when only it is installed."""
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url
+    if parsed.drivername != "postgresql":
+        return url
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
+
+
+def resolve_sql_url(url: str, base_dir: Path) -> str:
+    """The URL shipml connects to: relative SQLite paths resolved against base_dir (a missing
+    SQLite file raises DataSourceError), and postgresql:// served by psycopg2 when psycopg (v3),
+    SQLAlchemy 2.1's default driver, is not installed."""
+    return _default_driver(_resolve_sqlite(url, Path(base_dir)))
+
+
+def _read_sql(url: str, query: str, base_dir: Path) -> pd.DataFrame:
+    import sqlalchemy
+    from sqlalchemy import exc
+
+    shown = mask_url(url)
+    password = _url_password(url)
+    url = resolve_sql_url(url, base_dir)
+    try:
+        engine = sqlalchemy.create_engine(url)
+    except exc.NoSuchModuleError as err:
+        raise DataSourceError(
+            f"data.url {shown}: unknown database type ({_first_line(err)})",
+            "use a SQLAlchemy URL such as postgresql://user:password@host:5432/dbname",
+        ) from None
+    except exc.ArgumentError:
+        raise DataSourceError(
+            f"data.url {shown}: not a valid database URL",
+            "use a SQLAlchemy URL such as postgresql://user:password@host:5432/dbname "
+            "or sqlite:///file.db",
+        ) from None
+    except ImportError as err:
+        module = getattr(err, "name", None) or ""
+        scheme = shown.split(":", 1)[0]
+        package = _DIALECT_PACKAGES.get(scheme) if "+" not in scheme else None
+        package = package or _DRIVER_PACKAGES.get(module.split(".")[0], module or "the driver")
+        raise DataSourceError(
+            f"data.url {shown}: the database driver '{module or '?'}' is not installed",
+            f"pip install {package}",
+        ) from None
+    try:
+        try:
+            conn = engine.connect()
+        except exc.SQLAlchemyError as err:
+            raise DataSourceError(
+                f"cannot connect to {shown}: {_scrub(_db_message(err), password)}",
+                "check host, port, database name, user and password in `data.url`, "
+                "and that the database server is running",
+            ) from None
+        with conn:
+            try:
+                df = pd.read_sql_query(sqlalchemy.text(_literal_colons(query)), conn)
+            except exc.ResourceClosedError:
+                raise DataSourceError(
+                    f"data.query on {shown} returned no result table",
+                    "give a SELECT query in `data.query`",
+                ) from None
+            except exc.SQLAlchemyError as err:
+                raise DataSourceError(
+                    f"data.query failed on {shown}: {_scrub(_db_message(err), password)}",
+                    "fix `data.query` (try it in a SQL client first)",
+                ) from None
+    finally:
+        engine.dispose()
+    if df.shape[1] == 0 or len(df) == 0:
+        raise DataSourceError(
+            f"data.query on {shown} returned no rows",
+            "check the query's WHERE clause and that the table has data",
+        )
+    return _clean_columns(df, f"data.query on {shown}")
+
+
+def load_table(source: DataConfig, base_dir: Path) -> pd.DataFrame:
+    """Load the training table from a file (relative to base_dir) or a SQL query."""
+    if source.path:
+        path = Path(source.path).expanduser()
+        if not path.is_absolute():
+            path = Path(base_dir) / path
+        return read_table_file(path)
+    if not source.url or not source.query:
+        raise DataSourceError(
+            "data: give 'path', or 'url' and 'query'", "fix the `data` section of shipml.yaml"
+        )
+    return _read_sql(source.url, source.query, Path(base_dir))
+
+
+def fingerprint(df: pd.DataFrame) -> str:
+    """A sha256 hex digest of the table's content, column names and dtypes (not the index)."""
+    digest = hashlib.sha256()
+    header = [[str(c), str(t)] for c, t in zip(df.columns, df.dtypes, strict=True)]
+    digest.update(json.dumps(header).encode("utf-8"))
+    try:
+        hashed = pd.util.hash_pandas_object(df, index=False)
+    except TypeError:  # unhashable cells (lists, dicts): hash their text form
+        hashed = pd.util.hash_pandas_object(df.astype(str), index=False)
+    digest.update(str(len(df)).encode("ascii"))
+    digest.update(hashed.to_numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Model evaluation: metrics, confusion matrices, and the metric registry used by training."""

@@ -1,0 +1,186 @@
+"""Classification and regression metrics, and the registry of metrics training can optimize."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from sklearn import metrics as skm
+
+from shipml.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric training can optimize: its task, direction and scikit-learn scoring name."""
+
+    name: str
+    task: Literal["classification", "regression"]
+    greater_is_better: bool
+    sklearn_scoring: str
+
+
+METRICS: dict[str, MetricSpec] = {
+    spec.name: spec
+    for spec in (
+        MetricSpec("roc_auc", "classification", True, "roc_auc"),
+        MetricSpec("accuracy", "classification", True, "accuracy"),
+        MetricSpec("balanced_accuracy", "classification", True, "balanced_accuracy"),
+        MetricSpec("f1_macro", "classification", True, "f1_macro"),
+        MetricSpec("f1_weighted", "classification", True, "f1_weighted"),
+        MetricSpec("precision_macro", "classification", True, "precision_macro"),
+        MetricSpec("recall_macro", "classification", True, "recall_macro"),
+        MetricSpec("log_loss", "classification", False, "neg_log_loss"),
+        MetricSpec("rmse", "regression", False, "neg_root_mean_squared_error"),
+        MetricSpec("mae", "regression", False, "neg_mean_absolute_error"),
+        MetricSpec("r2", "regression", True, "r2"),
+        MetricSpec("mape", "regression", False, "neg_mean_absolute_percentage_error"),
+    )
+}
+
+
+def metric_spec(metric: str) -> MetricSpec:
+    """The spec of ``metric``; ConfigError if it is unknown."""
+    try:
+        return METRICS[metric]
+    except KeyError:
+        raise ConfigError(
+            f"unknown metric '{metric}'", f"use one of: {', '.join(METRICS)}"
+        ) from None
+
+
+def scoring_for(metric: str, n_classes: int | None = None) -> str:
+    """The scikit-learn ``scoring`` string for ``metric``; multiclass ROC AUC is one-vs-rest."""
+    spec = metric_spec(metric)
+    if metric == "roc_auc" and n_classes is not None and n_classes > 2:
+        return "roc_auc_ovr"
+    return spec.sklearn_scoring
+
+
+def default_metric(task: str, n_classes: int | None = None) -> str:
+    """roc_auc for binary classification, f1_macro for multiclass, rmse for regression."""
+    if task == "regression":
+        return "rmse"
+    if task == "classification":
+        return "f1_macro" if n_classes is not None and n_classes > 2 else "roc_auc"
+    raise ConfigError(f"unknown task '{task}'", "use 'classification' or 'regression'")
+
+
+def cv_value(metric: str, raw_score: float) -> float:
+    """A scikit-learn CV score as the metric's own value (``neg_*`` scores negated back)."""
+    spec = metric_spec(metric)
+    value = float(raw_score)
+    return -value if spec.sklearn_scoring.startswith("neg_") else value
+
+
+def is_better(metric: str, a: float, b: float) -> bool:
+    """Whether value ``a`` of ``metric`` beats ``b``; NaN never beats, and anything beats NaN."""
+    spec = metric_spec(metric)
+    if math.isnan(a):
+        return False
+    if math.isnan(b):
+        return True
+    return a > b if spec.greater_is_better else a < b
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python ones, for JSON."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _auc(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[Any]) -> float | None:
+    present = [c for c in classes if np.any(y_true == c)]
+    if len(present) < 2:
+        return None
+    if len(classes) == 2:
+        return float(skm.roc_auc_score(y_true == classes[1], proba[:, 1]))
+    if len(present) == len(classes):
+        return float(
+            skm.roc_auc_score(
+                y_true, proba, multi_class="ovr", average="macro", labels=list(classes)
+            )
+        )
+    # Some classes are absent from y_true: average one-vs-rest AUC over the classes present.
+    scores = [
+        skm.roc_auc_score(y_true == c, proba[:, i]) for i, c in enumerate(classes) if c in present
+    ]
+    return float(np.mean(scores))
+
+
+def classification_metrics(
+    y_true: Any, y_pred: Any, proba: np.ndarray | None, classes: list[Any]
+) -> dict[str, float]:
+    """Accuracy, balanced accuracy, precision/recall/F1 (macro, weighted), ROC AUC, log loss.
+
+    ``proba`` columns follow ``classes``. ``roc_auc`` is left out when ``y_true`` has a single
+    class, ``roc_auc`` and ``log_loss`` when ``proba`` is None.
+    """
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    result: dict[str, float] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result["accuracy"] = float(skm.accuracy_score(y_true, y_pred))
+        result["balanced_accuracy"] = float(skm.balanced_accuracy_score(y_true, y_pred))
+        for average in ("macro", "weighted"):
+            p, r, f, _ = skm.precision_recall_fscore_support(
+                y_true, y_pred, average=average, zero_division=0
+            )
+            result[f"precision_{average}"] = float(p)
+            result[f"recall_{average}"] = float(r)
+            result[f"f1_{average}"] = float(f)
+        if proba is not None:
+            proba = np.asarray(proba, dtype=float)
+            auc = _auc(y_true, proba, classes)
+            if auc is not None:
+                result["roc_auc"] = auc
+            result["log_loss"] = float(skm.log_loss(y_true, proba, labels=list(classes)))
+    return result
+
+
+def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
+    """RMSE, MAE, R² and MAPE (scikit-learn's mean_absolute_percentage_error)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "rmse": float(skm.root_mean_squared_error(y_true, y_pred)),
+            "mae": float(skm.mean_absolute_error(y_true, y_pred)),
+            "r2": float(skm.r2_score(y_true, y_pred)),
+            "mape": float(skm.mean_absolute_percentage_error(y_true, y_pred)),
+        }
+
+
+def confusion(y_true: Any, y_pred: Any, classes: list[Any]) -> dict[str, Any]:
+    """``{"labels": classes, "matrix": rows of true class, columns of predicted class}``."""
+    matrix = skm.confusion_matrix(y_true, y_pred, labels=list(classes))
+    return {
+        "labels": [_plain(c) for c in classes],
+        "matrix": [[int(v) for v in row] for row in matrix],
+    }
+
+
+def classification_report_dict(y_true: Any, y_pred: Any, classes: list[Any]) -> dict[str, Any]:
+    """scikit-learn's classification report as a dict with string keys and plain numbers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = skm.classification_report(
+            y_true,
+            y_pred,
+            labels=list(classes),
+            target_names=[str(c) for c in classes],
+            output_dict=True,
+            zero_division=0,
+        )
+    assert isinstance(report, dict)
+    return {
+        str(key): (
+            {str(k): _plain(v) for k, v in value.items()}
+            if isinstance(value, dict)
+            else _plain(value)
+        )
+        for key, value in report.items()
+    }

@@ -1,0 +1,84 @@
+"""`shipml.Project`: the Python API, and the services the CLI calls."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from shipml import registry
+from shipml.config import ProjectConfig, load_config
+from shipml.scoring import EvaluationResult, Model, evaluate
+from shipml.training.search import EventHandler
+from shipml.training.train import TrainResult, train
+
+
+class Project:
+    """A shipml project: its config file, its data source, its MLflow store and registry."""
+
+    def __init__(self, config: ProjectConfig, path: Path) -> None:
+        self.config = config
+        self.path = path.resolve()
+        self.root = self.path.parent
+
+    @classmethod
+    def load(cls, path: str | Path = "shipml.yaml") -> Project:
+        """Load and validate a project's shipml.yaml."""
+        path = Path(path)
+        return cls(load_config(path), path)
+
+    @cached_property
+    def store(self) -> registry.Store:
+        return registry.open_store(self.root, self.config.name, self.config.tracking_uri)
+
+    def train(
+        self,
+        time_budget: float | None = None,
+        data: str | Path | None = None,
+        on_event: EventHandler | None = None,
+    ) -> TrainResult:
+        """Validate, train, evaluate, track and register a new model version."""
+        text = self.path.read_text(encoding="utf-8")
+        result = train(self.config, self.root, text, data, time_budget, on_event)
+        self.__dict__.pop("store", None)  # training may have created the store
+        return result
+
+    def load_model(self, ref: str | int = "champion") -> Model:
+        """A registered version by alias ('champion', 'challenger') or number."""
+        return Model(registry.load(self.store, ref))
+
+    def models(self) -> list[registry.VersionInfo]:
+        return registry.list_versions(self.store)
+
+    def champion(self) -> int | None:
+        return registry.champion_version(self.store)
+
+    def promote(self, version: int) -> int | None:
+        """Make ``version`` the champion; returns the version it replaced."""
+        return registry.promote(self.store, version)
+
+    def rollback(self) -> tuple[int, int]:
+        """Move the champion back to the previous one; returns (from, to)."""
+        return registry.rollback(self.store)
+
+    def predict(
+        self, df: pd.DataFrame, ref: str | int = "champion", allow_extra: bool = False
+    ) -> pd.DataFrame:
+        return self.load_model(ref).score(df, allow_extra=allow_extra)
+
+    def evaluate(
+        self, df: pd.DataFrame, ref: str | int = "champion", source: str = "input"
+    ) -> EvaluationResult:
+        return evaluate(self.load_model(ref), df, source)
+
+    def __repr__(self) -> str:
+        return f"Project(name={self.config.name!r}, path={str(self.path)!r})"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "config": str(self.path),
+            "store": self.store.tracking_uri,
+        }

@@ -1,0 +1,88 @@
+"""`shipml quickstart`: the whole loop on the bundled demo data, narrated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from shipml import console as ui
+from shipml.data.sources import read_table_file
+from shipml.demo import write_demo_data
+from shipml.project import Project
+from shipml.scaffold import init_project
+from shipml.scoring import write_table
+
+
+def _step(text: str) -> None:
+    ui.console.rule(f"[bold]{text}")
+
+
+def run_quickstart(folder: Path, time_budget: float = 60.0) -> Project:
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    _step("1. Demo data (synthetic customers, documented seeds; see shipml.demo)")
+    paths = write_demo_data(folder / "data")
+    for key, path in paths.items():
+        ui.console.print(f"  {key:<9} {path}")
+
+    _step("2. shipml init data/customers.csv --target churned")
+    config_path = folder / "shipml.yaml"
+    result = init_project(str(paths["train"]), "churned", name="churn", out=config_path, force=True)
+    ui.console.print(ui.schema_table(result.schema, "Inferred column roles"))
+    # The demo trains twice; three folds keep each run short on a laptop.
+    raw = yaml.safe_load(config_path.read_text())
+    text = config_path.read_text().replace("  cv: 5 ", "  cv: 3 ")
+    config_path.write_text(text)
+    ui.console.print(
+        f"  wrote {config_path} (task {raw['task']}, metric {raw['training']['metric']})"
+    )
+
+    project = Project.load(config_path)
+    _step(f"3. shipml train --time-budget {time_budget:.0f}")
+    with ui.train_progress() as progress:
+        first = project.train(time_budget=time_budget, on_event=progress)
+    ui.train_summary(first)
+
+    _step("4. shipml models")
+    ui.console.print(ui.versions_table(project.config.name, project.models()))
+
+    _step("5. shipml predict data/new.csv --out scored.csv")
+    scored_path = folder / "scored.csv"
+    new = read_table_file(paths["new"])
+    model = project.load_model("champion")
+    write_table(model.score(new, source=str(paths["new"])), scored_path)
+    ui.console.print(
+        f"  scored {len(new)} rows (five of them from a region never seen) → {scored_path}"
+    )
+
+    _step("6. shipml evaluate data/labelled.csv")
+    evaluation = project.evaluate(read_table_file(paths["labelled"]), source="labelled.csv")
+    ui.console.print(ui.evaluation_table(evaluation, "labelled.csv"))
+
+    _step("7. shipml train again (a challenger), shipml promote, shipml rollback")
+    with ui.train_progress() as progress:
+        second = project.train(time_budget=time_budget, on_event=progress)
+    ui.console.print(f"  version {second.version} registered as {second.alias}")
+    previous = project.promote(second.version)
+    ui.console.print(f"  promote {second.version}: champion {previous} → {second.version}")
+    old, new_champion = project.rollback()
+    ui.console.print(f"  rollback: champion {old} → {new_champion}")
+    ui.console.print(ui.versions_table(project.config.name, project.models()))
+
+    _step("Done")
+    ui.console.print(
+        ui.paths_table(
+            {
+                "config": config_path,
+                "MLflow store": project.store.tracking_uri,
+                "artifacts": folder / ".shipml" / "artifacts",
+                "reports": folder / ".shipml" / "reports",
+                "scored file": scored_path,
+            }
+        )
+    )
+    ui.console.print(
+        f"Next: cd {folder} && shipml models · shipml ui · shipml predict data/new.csv --out x.csv"
+    )
+    return project

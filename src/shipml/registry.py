@@ -1,0 +1,462 @@
+"""The project's MLflow store: runs, the model registry, aliases, and safe model loading.
+
+This is the only module that imports mlflow. Models are saved with skops and loaded here with
+shipml's own list of trusted types (never the list written inside the model, never pickle), after
+checking the file's sha256 against the one recorded at registration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from shipml.data.schema import Schema
+from shipml.errors import RegistryError
+
+for _name in ("mlflow", "alembic", "alembic.runtime.migration"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+_HISTORY_TAG = "shipml.champion_history"
+_SHA_TAG = "shipml.model_sha256"
+MODEL_REQUIREMENTS = ("scikit-learn", "skops", "lightgbm", "pandas", "numpy", "scipy")
+
+
+@dataclass
+class Store:
+    """Where a project's runs and registered models live."""
+
+    root: Path
+    tracking_uri: str
+    experiment_id: str
+    model_name: str
+    client: MlflowClient = field(repr=False)
+
+    @property
+    def shipml_dir(self) -> Path:
+        return self.root / ".shipml"
+
+
+@dataclass
+class VersionInfo:
+    """One registered model version, as `shipml models` shows it."""
+
+    version: int
+    aliases: list[str]
+    created: float
+    run_id: str
+    tags: dict[str, str]
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        return dict(json.loads(self.tags.get("shipml.test_metrics", "{}")))
+
+    @property
+    def family(self) -> str:
+        return self.tags.get("shipml.family", "")
+
+
+@dataclass
+class LoadedModel:
+    """A registered model version loaded for scoring, with its input schema."""
+
+    version: int
+    pipeline: Any
+    schema: Schema
+    metadata: dict[str, Any]
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        return dict(self.metadata.get("test_metrics", {}))
+
+
+def default_tracking_uri(root: Path) -> str:
+    return f"sqlite:///{(root / '.shipml' / 'mlflow.db').resolve()}"
+
+
+def open_store(root: Path, name: str, tracking_uri: str | None = None) -> Store:
+    """Open (creating on first use) the project's tracking store and experiment."""
+    root = root.resolve()
+    (root / ".shipml").mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or default_tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            location = None if tracking_uri else (root / ".shipml" / "artifacts").as_uri()
+            experiment_id = client.create_experiment(name, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+    except MlflowException as err:
+        raise RegistryError(
+            f"cannot open the MLflow store at {uri}: {err.message.splitlines()[0]}",
+            "check tracking_uri in shipml.yaml",
+        ) from None
+    return Store(root, uri, experiment_id, name, client)
+
+
+def package_versions(names: tuple[str, ...] = MODEL_REQUIREMENTS) -> dict[str, str]:
+    out = {}
+    for n in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[n] = metadata.version(n)
+    return out
+
+
+# ---------------------------------------------------------------- runs
+
+
+class RunRecorder:
+    """Records one `shipml train`: a parent run, a child run per candidate, the model."""
+
+    def __init__(self, store: Store, run_name: str, tags: dict[str, str]) -> None:
+        self.store = store
+        run = store.client.create_run(
+            store.experiment_id, run_name=run_name, tags={**tags, "shipml.pid": str(os.getpid())}
+        )
+        self.run_id: str = run.info.run_id
+
+    def log_params(self, params: dict[str, Any], run_id: str | None = None) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.store.client.log_batch(run_id or self.run_id, params=items[i : i + 100])
+
+    def log_metrics(
+        self, metrics: dict[str, float], run_id: str | None = None, step: int = 0
+    ) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 500):
+            self.store.client.log_batch(run_id or self.run_id, metrics=items[i : i + 500])
+
+    def set_tags(self, tags: dict[str, str], run_id: str | None = None) -> None:
+        self.store.client.log_batch(
+            run_id or self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
+        )
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self.store.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.store.client.log_text(self.run_id, text, artifact_file)
+
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
+        self.store.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.store.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_child(
+        self,
+        name: str,
+        params: dict[str, Any],
+        fold_metrics: dict[str, list[float]],
+        summary: dict[str, float],
+        status: str,
+    ) -> str:
+        """One candidate as a child run: its params, per-fold metrics (as steps) and means."""
+        client = self.store.client
+        run = client.create_run(
+            self.store.experiment_id,
+            run_name=name,
+            tags={"mlflow.parentRunId": self.run_id, "shipml.candidate": name},
+        )
+        child = run.info.run_id
+        self.log_params(params, run_id=child)
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(f"cv_{metric}", float(v), now, step)
+            for metric, values in fold_metrics.items()
+            for step, v in enumerate(values)
+        ]
+        metrics += [Metric(k, float(v), now, 0) for k, v in summary.items()]
+        for i in range(0, len(metrics), 500):
+            client.log_batch(child, metrics=metrics[i : i + 500])
+        client.set_terminated(child, "FINISHED" if status == "ok" else "FAILED")
+        return child
+
+    def log_model(
+        self, pipeline: Any, schema: Schema, input_example: Any, meta: dict[str, Any]
+    ) -> tuple[str, str]:
+        """Log the fitted pipeline with skops, signature and input example; (model uri, sha256)."""
+        import skops.io as sio
+        from mlflow.models import infer_signature
+
+        from shipml.features import trusted_types_for
+
+        trusted = trusted_types_for(sio.get_untrusted_types(data=sio.dumps(pipeline)))
+        signature = infer_signature(input_example, pipeline.predict(input_example))
+        requirements = [f"{n}=={v}" for n, v in package_versions().items()]
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.sklearn.log_model(
+                pipeline,
+                name="model",
+                serialization_format="skops",
+                skops_trusted_types=trusted,
+                signature=signature,
+                input_example=input_example,
+                pip_requirements=requirements,
+                metadata={"shipml": {**meta, "schema": schema.to_dict()}},
+            )
+        scratch = tempfile.mkdtemp(prefix="shipml-")
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=scratch))
+            sha = _sha256(local / _model_file(local))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return info.model_uri, sha
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.store.client.set_terminated(self.run_id, status)
+
+
+def close_stale_runs(store: Store) -> int:
+    """Mark runs left RUNNING by a killed `shipml train` as KILLED; returns how many."""
+    closed = 0
+    runs = store.client.search_runs(
+        [store.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
+    for run in runs:
+        pid = run.data.tags.get("shipml.pid")
+        if pid and pid.isdigit() and not _alive(int(pid)):
+            store.client.set_terminated(run.info.run_id, "KILLED")
+            closed += 1
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------- registry
+
+
+def register(store: Store, model_uri: str, sha256: str, tags: dict[str, str]) -> int:
+    """Register a logged model as the next version of the project's model."""
+    client = store.client
+    with contextlib.suppress(MlflowException):
+        client.create_registered_model(store.model_name)
+    # register_model prints progress lines of its own; shipml reports the outcome itself.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        mv = mlflow.register_model(model_uri, store.model_name, tags={**tags, _SHA_TAG: sha256})
+    return int(mv.version)
+
+
+def assign_new_version_alias(store: Store, version: int) -> str:
+    """The first version (or any version while there is no champion) becomes champion."""
+    if _alias_version(store, CHAMPION) is None:
+        _move_champion(store, version)
+        return CHAMPION
+    store.client.set_registered_model_alias(store.model_name, CHALLENGER, str(version))
+    return CHALLENGER
+
+
+def _alias_version(store: Store, alias: str) -> int | None:
+    try:
+        return int(store.client.get_model_version_by_alias(store.model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _history(store: Store) -> list[int]:
+    try:
+        model = store.client.get_registered_model(store.model_name)
+    except MlflowException:
+        return []
+    raw = model.tags.get(_HISTORY_TAG, "")
+    return [int(v) for v in raw.split(",") if v.strip().isdigit()]
+
+
+def _move_champion(store: Store, version: int) -> None:
+    # The alias moves first (one atomic write); the history tag follows. A crash between the two
+    # leaves a history that rollback still reads correctly (see rollback).
+    client = store.client
+    client.set_registered_model_alias(store.model_name, CHAMPION, str(version))
+    if _alias_version(store, CHALLENGER) == version:
+        client.delete_registered_model_alias(store.model_name, CHALLENGER)
+    history = [*_history(store), version][-50:]
+    client.set_registered_model_tag(store.model_name, _HISTORY_TAG, ",".join(map(str, history)))
+
+
+def champion_version(store: Store) -> int | None:
+    return _alias_version(store, CHAMPION)
+
+
+def promote(store: Store, version: int) -> int | None:
+    """Make ``version`` the champion; returns the previous champion."""
+    _get_version(store, version)
+    previous = champion_version(store)
+    if previous == version:
+        raise RegistryError(f"version {version} is already the champion", None)
+    _move_champion(store, version)
+    return previous
+
+
+def rollback(store: Store) -> tuple[int, int]:
+    """Move the champion back to the one before it; returns (from, to)."""
+    current = champion_version(store)
+    if current is None:
+        raise RegistryError("there is no champion to roll back", "run `shipml train` first")
+    history = _history(store)
+    if current in history:
+        history = history[: len(history) - 1 - history[::-1].index(current)]
+    if not history:
+        raise RegistryError(
+            f"version {current} is the first champion: there is nothing to roll back to",
+            "use `shipml promote VERSION` to choose another version",
+        )
+    target = history[-1]
+    client = store.client
+    client.set_registered_model_alias(store.model_name, CHAMPION, str(target))
+    client.set_registered_model_tag(store.model_name, _HISTORY_TAG, ",".join(map(str, history)))
+    return current, target
+
+
+def list_versions(store: Store) -> list[VersionInfo]:
+    try:
+        versions = store.client.search_model_versions(f"name='{store.model_name}'")
+        aliases = store.client.get_registered_model(store.model_name).aliases or {}
+    except MlflowException:
+        return []
+    out = [
+        VersionInfo(
+            version=int(mv.version),
+            aliases=sorted(a for a, v in aliases.items() if int(v) == int(mv.version)),
+            created=mv.creation_timestamp / 1000.0,
+            run_id=mv.run_id or "",
+            tags=dict(mv.tags or {}),
+        )
+        for mv in versions
+    ]
+    return sorted(out, key=lambda v: v.version)
+
+
+def _get_version(store: Store, version: int) -> Any:
+    try:
+        return store.client.get_model_version(store.model_name, str(version))
+    except MlflowException:
+        known = [v.version for v in list_versions(store)]
+        shown = ", ".join(map(str, known)) if known else "none yet"
+        raise RegistryError(
+            f"model '{store.model_name}' has no version {version} (versions: {shown})",
+            "`shipml models` lists the versions",
+        ) from None
+
+
+def resolve(store: Store, ref: str | int) -> int:
+    """A version number from 'champion', 'challenger' or a number."""
+    if isinstance(ref, int) or str(ref).isdigit():
+        version = int(ref)
+        _get_version(store, version)
+        return version
+    version_or_none = _alias_version(store, str(ref))
+    if version_or_none is None:
+        if ref == CHAMPION:
+            raise RegistryError(
+                f"model '{store.model_name}' has no champion yet", "run `shipml train` first"
+            )
+        raise RegistryError(
+            f"model '{store.model_name}' has no version with alias '{ref}'",
+            "use champion, challenger or a version number (`shipml models` lists them)",
+        )
+    return version_or_none
+
+
+def load(store: Store, ref: str | int = CHAMPION) -> LoadedModel:
+    """Load a registered version from the project's registry, verified and without pickle."""
+    import skops.io as sio
+
+    from shipml.features import trusted_types_for
+
+    version = resolve(store, ref)
+    mv = _get_version(store, version)
+    expected_sha = (mv.tags or {}).get(_SHA_TAG)
+    cache = store.shipml_dir / "cache" / store.model_name / str(version)
+    if not (cache / "MLmodel").is_file():
+        tmp = Path(tempfile.mkdtemp(dir=store.shipml_dir))
+        try:
+            mlflow.artifacts.download_artifacts(
+                f"models:/{store.model_name}/{version}", dst_path=str(tmp)
+            )
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(cache, ignore_errors=True)
+            os.replace(tmp, cache)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    mlmodel = yaml.safe_load((cache / "MLmodel").read_text())
+    flavor = mlmodel.get("flavors", {}).get("sklearn", {})
+    if flavor.get("serialization_format") != "skops":
+        raise RegistryError(
+            f"version {version} is not saved in the skops format; shipml will not unpickle it",
+            "retrain it with `shipml train`",
+        )
+    model_file = cache / flavor["pickled_model"]
+    actual_sha = _sha256(model_file)
+    if expected_sha and actual_sha != expected_sha:
+        shutil.rmtree(cache, ignore_errors=True)
+        raise RegistryError(
+            f"version {version}: model file checksum does not match the registry "
+            f"({actual_sha[:12]} != {expected_sha[:12]})",
+            "the artifact was changed after registration; retrain or restore it",
+        )
+    trusted = trusted_types_for(sio.get_untrusted_types(file=str(model_file)))
+    pipeline = sio.load(str(model_file), trusted=trusted)
+    meta = dict((mlmodel.get("metadata") or {}).get("shipml", {}))
+    schema = Schema.from_dict(meta.pop("schema"))
+    return LoadedModel(version=version, pipeline=pipeline, schema=schema, metadata=meta)
+
+
+def _model_file(model_dir: Path) -> str:
+    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    return str(mlmodel["flavors"]["sklearn"]["pickled_model"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ui_command(store: Store, host: str, port: int) -> list[str]:
+    """The command line that serves the MLflow UI on the project's store."""
+    import sys
+
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.tracking_uri]
+    cmd += ["--host", host, "--port", str(port)]
+    if store.tracking_uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", (store.shipml_dir / "artifacts").as_uri()]
+    return cmd

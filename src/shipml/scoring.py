@@ -1,0 +1,172 @@
+"""Batch scoring and evaluation with a registered model: the services behind predict/evaluate."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shipml.data.schema import Schema, check_input
+from shipml.errors import DataError, InputSchemaError
+from shipml.evaluation.metrics import (
+    classification_metrics,
+    classification_report_dict,
+    confusion,
+    regression_metrics,
+)
+from shipml.registry import LoadedModel
+
+
+class Model:
+    """A registered model version ready to score DataFrames with the training columns."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self._loaded = loaded
+        self.version = loaded.version
+        self.schema: Schema = loaded.schema
+        self.pipeline = loaded.pipeline
+        self.metadata = loaded.metadata
+
+    @property
+    def classes(self) -> list[Any] | None:
+        classes = getattr(self.pipeline, "classes_", None)
+        return None if classes is None else [_plain(c) for c in classes]
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        return self._loaded.test_metrics
+
+    def _inputs(self, df: pd.DataFrame, source: str, allow_extra: bool) -> pd.DataFrame:
+        return check_input(df, self.schema, source=source, allow_extra=allow_extra)
+
+    def predict(
+        self, df: pd.DataFrame, source: str = "input", allow_extra: bool = True
+    ) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(self.pipeline.predict(self._inputs(df, source, allow_extra)))
+
+    def predict_proba(
+        self, df: pd.DataFrame, source: str = "input", allow_extra: bool = True
+    ) -> np.ndarray:
+        if self.schema.task != "classification":
+            raise InputSchemaError(
+                f"model version {self.version} is a regression model: it has no probabilities",
+                "use predict()",
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(self.pipeline.predict_proba(self._inputs(df, source, allow_extra)))
+
+    def score(
+        self, df: pd.DataFrame, source: str = "input", allow_extra: bool = False
+    ) -> pd.DataFrame:
+        """The input columns plus `prediction`; for classification also `probability` (of the
+        predicted class) and one `proba_<class>` column per class."""
+        X = self._inputs(df, source, allow_extra)
+        out = df.reset_index(drop=True).copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.schema.task == "classification":
+                proba = np.asarray(self.pipeline.predict_proba(X))
+                classes = self.classes or []
+                winner = proba.argmax(axis=1)
+                out["prediction"] = [classes[i] for i in winner]
+                out["probability"] = proba[np.arange(len(proba)), winner]
+                for i, c in enumerate(classes):
+                    out[f"proba_{c}"] = proba[:, i]
+            else:
+                out["prediction"] = self.pipeline.predict(X)
+        return out
+
+
+@dataclass
+class EvaluationResult:
+    """A model version's metrics on a labelled table, beside its test metrics at training time."""
+
+    version: int
+    task: str
+    n_rows: int
+    metrics: dict[str, float]
+    reference: dict[str, float]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate(model: Model, df: pd.DataFrame, source: str = "input") -> EvaluationResult:
+    target = model.schema.target
+    if target not in df.columns:
+        raise InputSchemaError(
+            f"{source}: has no target column '{target}', so there is nothing to evaluate against",
+            "evaluate needs labelled data; use `shipml predict` for unlabelled data",
+        )
+    df = df[df[target].notna()].reset_index(drop=True)
+    if df.empty:
+        raise InputSchemaError(f"{source}: every value of '{target}' is missing", None)
+    y = df[target]
+    if model.schema.task == "classification":
+        classes = model.classes or []
+        y = _align_labels(y, classes)
+        unknown = sorted({str(v) for v in y.unique()} - {str(c) for c in classes})
+        if unknown:
+            raise InputSchemaError(
+                f"{source}: target '{target}' has values the model never saw: "
+                f"{', '.join(repr(u) for u in unknown[:5])}",
+                f"the model knows: {', '.join(map(str, classes))}",
+            )
+        proba = model.predict_proba(df, source)
+        predictions = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+        metrics = classification_metrics(y, predictions, proba, classes)
+        extras = {
+            "confusion_matrix": confusion(y, predictions, classes),
+            "classification_report": classification_report_dict(y, predictions, classes),
+        }
+    else:
+        y = pd.to_numeric(y, errors="coerce")
+        if y.isna().any():
+            raise InputSchemaError(f"{source}: target '{target}' has non-numeric values", None)
+        metrics = regression_metrics(y, model.predict(df, source))
+        extras = {}
+    return EvaluationResult(
+        version=model.version,
+        task=model.schema.task,
+        n_rows=len(df),
+        metrics=metrics,
+        reference=model.test_metrics,
+        extras=extras,
+    )
+
+
+def _align_labels(y: pd.Series, classes: list[Any]) -> pd.Series:
+    """Labels read from a file may come back as another type than at training ('1' vs 1)."""
+    by_text = {str(c): c for c in classes}
+    return y.map(lambda v: by_text.get(str(v), v))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    """Write CSV or Parquet by extension, atomically: a crash never leaves half a file."""
+    suffix = "".join(path.suffixes[-2:]).lower()
+    if not (suffix.endswith(".csv") or suffix.endswith(".parquet") or suffix.endswith(".pq")):
+        raise DataError(f"--out {path}: use a .csv or .parquet file name", None)
+    if not path.parent.exists():
+        raise DataError(f"--out {path}: folder {path.parent} does not exist", "create it first")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if suffix.endswith(".csv"):
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,1 @@
+"""Training: cross-validated candidates, leaderboard, the train service."""

@@ -1,0 +1,317 @@
+"""The train service: load, validate, split, cross-validate, refit, evaluate, track, register."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from shipml import registry
+from shipml.config import ProjectConfig
+from shipml.data.schema import Schema, coerce_frame, coerce_target, infer_schema
+from shipml.data.sources import fingerprint, load_table, read_table_file
+from shipml.data.split import split_table
+from shipml.data.validate import ValidationReport, drop_missing_target, validate_table
+from shipml.errors import TrainingError, ValidationFailed
+from shipml.evaluation.metrics import (
+    METRICS,
+    classification_metrics,
+    classification_report_dict,
+    confusion,
+    default_metric,
+    regression_metrics,
+)
+from shipml.features import build_model_pipeline
+from shipml.models.catalog import families_for
+from shipml.training.search import EventHandler, Leaderboard, run_candidates
+
+# Seconds kept back from the budget for the refit's bookkeeping: evaluation and MLflow logging.
+_FIXED_OVERHEAD_S = 3.0
+
+
+@dataclass
+class TrainResult:
+    """What one `shipml train` produced."""
+
+    model_name: str
+    version: int
+    alias: str
+    run_id: str
+    metric: str
+    best: str
+    leaderboard: Leaderboard
+    test_metrics: dict[str, float]
+    validation: ValidationReport
+    schema: Schema
+    n_train: int
+    n_test: int
+    elapsed_s: float
+    budget_s: float
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def load_training_table(config: ProjectConfig, root: Path, data: str | Path | None) -> pd.DataFrame:
+    if data is not None:
+        return read_table_file(Path(data))
+    return load_table(config.data, root)
+
+
+def _git_info(root: Path) -> dict[str, str]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return {}
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        return {
+            "shipml.git_commit": commit.stdout.strip(),
+            "shipml.git_dirty": str(bool(dirty.stdout.strip())).lower(),
+        }
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def validate_for_training(
+    df: pd.DataFrame, config: ProjectConfig, report_dir: Path
+) -> tuple[Schema | None, ValidationReport, Path]:
+    """Infer the schema and validate the table; the report is always saved as JSON."""
+    schema: Schema | None = None
+    if config.target in df.columns:  # otherwise validate_table reports the missing target
+        schema = infer_schema(df, config.target, config.task, config.features)
+    report = validate_table(df, config.target, schema, config.validation, config.task)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    path = report_dir / f"validation-{stamp}.json"
+    report.write_json(path)
+    return schema, report, path
+
+
+def _test_metrics(
+    schema: Schema, pipeline: Any, X: pd.DataFrame, y: pd.Series
+) -> tuple[dict[str, float], dict[str, Any]]:
+    predictions = pipeline.predict(X)
+    if schema.task == "regression":
+        return regression_metrics(y, predictions), {}
+    classes = list(pipeline.classes_)
+    proba = pipeline.predict_proba(X)
+    metrics = classification_metrics(y, predictions, proba, classes)
+    extras = {
+        "confusion_matrix": confusion(y, predictions, classes),
+        "classification_report": classification_report_dict(y, predictions, classes),
+    }
+    return metrics, extras
+
+
+def _confusion_figure(extras: dict[str, Any]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    cm = extras["confusion_matrix"]
+    display = ConfusionMatrixDisplay(np.array(cm["matrix"]), display_labels=cm["labels"])
+    display.plot(cmap="Blues", colorbar=False)
+    display.ax_.set_title("Confusion matrix (test split)")
+    display.figure_.tight_layout()
+    return display.figure_
+
+
+def train(
+    config: ProjectConfig,
+    root: Path,
+    config_text: str,
+    data: str | Path | None = None,
+    time_budget: float | None = None,
+    on_event: EventHandler | None = None,
+) -> TrainResult:
+    """Train, evaluate, track and register a model for the project at ``root``."""
+    emit = on_event or (lambda *a, **k: None)
+    started = time.monotonic()
+    budget = float(time_budget if time_budget is not None else config.training.time_budget_s)
+    if budget <= 0:
+        raise TrainingError(f"time budget must be positive (got {budget})", "pass a number > 0")
+    deadline = started + budget - max(_FIXED_OVERHEAD_S, 0.05 * budget)
+
+    emit("stage", name="Loading data")
+    df = load_training_table(config, root, data)
+    data_sha = fingerprint(df)
+    emit("stage", name="Validating data")
+    report_dir = root / ".shipml" / "reports"
+    schema, report, report_path = validate_for_training(df, config, report_dir)
+    emit("validation", report=report, path=report_path)
+    if not report.ok or schema is None:
+        first = report.fatal[0] if report.fatal else None
+        raise ValidationFailed(
+            f"data validation failed: {first.message if first else 'no usable schema'}",
+            f"fix the data or shipml.yaml; every finding is in {report_path}",
+            report=report,
+        )
+    df = drop_missing_target(df, config.target)
+    train_df, test_df = split_table(df, schema, config.split)
+    X_train = coerce_frame(train_df, schema)
+    y_train = coerce_target(train_df[config.target], schema.task)
+    X_test = coerce_frame(test_df, schema)
+    y_test = coerce_target(test_df[config.target], schema.task)
+    n_classes = len(schema.classes) if schema.classes else None
+    metric = config.training.metric or default_metric(schema.task, n_classes)
+    if METRICS[metric].task != schema.task:
+        raise TrainingError(
+            f"training.metric '{metric}' does not fit the {schema.task} task of target "
+            f"'{config.target}'",
+            "choose a metric for this task, or set `task` in shipml.yaml",
+        )
+    families = families_for(schema.task, config.training.models)
+
+    store = registry.open_store(root, config.name, config.tracking_uri)
+    registry.close_stale_runs(store)
+    run_name = datetime.now(UTC).strftime("train-%Y%m%d-%H%M%S")
+    recorder = registry.RunRecorder(
+        store,
+        run_name,
+        {
+            "shipml.kind": "train",
+            "shipml.data_sha256": data_sha,
+            "shipml.python": platform.python_version(),
+            **_git_info(root),
+        },
+    )
+    try:
+        recorder.log_params(
+            {
+                "task": schema.task,
+                "target": config.target,
+                "metric": metric,
+                "cv": config.training.cv,
+                "training_seed": config.training.seed,
+                "split_seed": config.split.seed,
+                "test_size": config.split.test_size,
+                "time_budget_s": budget,
+                "models": ",".join(f.name for f in families),
+                "n_rows": len(df),
+                "n_train": len(train_df),
+                "n_test": len(test_df),
+                "n_features": len(schema.input_columns),
+            }
+        )
+        recorder.log_text(config_text, "config/shipml.yaml")
+        recorder.log_dict(report.to_dict(), "validation/validation.json")
+        recorder.log_dict(schema.to_dict(), "schema/schema.json")
+        recorder.log_dict(registry.package_versions(_ENV_PACKAGES), "environment/packages.json")
+
+        def on_candidate(kind: str, **info: Any) -> None:
+            if kind == "candidate_done" and info["result"].status != "skipped":
+                r = info["result"]
+                recorder.log_child(r.name, r.params, r.fold_scores, r.summary(), r.status)
+            emit(kind, **info)
+
+        emit("stage", name="Cross-validating candidates")
+        leaderboard = run_candidates(
+            families,
+            X_train,
+            y_train,
+            schema,
+            config.features,
+            metric,
+            config.training.cv,
+            config.training.seed,
+            deadline,
+            ordered=config.split.time_column is not None,
+            on_event=on_candidate,
+        )
+        recorder.log_dict(leaderboard.to_records(), "leaderboard/leaderboard.json")
+        best = leaderboard.best
+        if best is None:
+            reasons = "; ".join(f"{r.name}: {r.reason}" for r in leaderboard.results)
+            raise TrainingError(f"no candidate model could be trained ({reasons})", None)
+
+        emit("stage", name=f"Refitting {best.name} on the training split")
+        family = next(f for f in families if f.name == best.name)
+        pipeline = build_model_pipeline(schema, config.features, family.build(config.training.seed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipeline.fit(X_train, y_train)
+        emit("stage", name="Scoring the test split")
+        test_metrics, extras = _test_metrics(schema, pipeline, X_test, y_test)
+        recorder.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
+        recorder.log_metrics({f"best_{k}": v for k, v in best.summary().items()})
+        for name, payload in extras.items():
+            recorder.log_dict(payload, f"evaluation/{name}.json")
+        if "confusion_matrix" in extras:
+            import matplotlib.pyplot as plt
+
+            figure = _confusion_figure(extras)
+            recorder.log_figure(figure, "evaluation/confusion_matrix.png")
+            plt.close(figure)
+
+        emit("stage", name="Registering the model")
+        meta = {
+            "family": best.name,
+            "metric": metric,
+            "test_metrics": test_metrics,
+            "cv_mean": best.mean(metric),
+            "cv_std": best.std(metric),
+            "data_sha256": data_sha,
+            "run_id": recorder.run_id,
+        }
+        model_uri, sha = recorder.log_model(pipeline, schema, X_train.head(5), meta)
+        version = registry.register(
+            store,
+            model_uri,
+            sha,
+            {
+                "shipml.family": best.name,
+                "shipml.metric": metric,
+                "shipml.test_metrics": json.dumps(test_metrics),
+                "shipml.cv_mean": f"{best.mean(metric):.6g}",
+                "shipml.run_id": recorder.run_id,
+            },
+        )
+        alias = registry.assign_new_version_alias(store, version)
+        recorder.set_tags({"shipml.version": str(version), "shipml.alias": alias})
+        recorder.finish("FINISHED")
+    except BaseException:
+        recorder.finish("FAILED")
+        raise
+    return TrainResult(
+        model_name=config.name,
+        version=version,
+        alias=alias,
+        run_id=recorder.run_id,
+        metric=metric,
+        best=best.name,
+        leaderboard=leaderboard,
+        test_metrics=test_metrics,
+        validation=report,
+        schema=schema,
+        n_train=len(train_df),
+        n_test=len(test_df),
+        elapsed_s=time.monotonic() - started,
+        budget_s=budget,
+        paths={"validation_report": report_path, "store": root / ".shipml"},
+    )
+
+
+_ENV_PACKAGES = (
+    "shipml",
+    "scikit-learn",
+    "lightgbm",
+    "pandas",
+    "numpy",
+    "scipy",
+    "pyarrow",
+    "mlflow",
+    "skops",
+    "sqlalchemy",
+)

@@ -1,0 +1,240 @@
+"""End to end through the CLI: init → train → models → predict → evaluate → promote → rollback,
+on real data sets, against a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from shipml.project import Project
+from tests.conftest import (
+    breast_cancer_frame,
+    diabetes_frame,
+    make_project,
+    run_cli,
+    wine_frame,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _client(config: Path) -> tuple[MlflowClient, str]:
+    project = Project.load(config)
+    return project.store.client, project.store.experiment_id
+
+
+def test_init_writes_commented_config_with_inferred_roles(tmp_path: Path) -> None:
+    df = breast_cancer_frame()
+    df.to_csv(tmp_path / "data.csv", index=False)
+    result = run_cli(
+        "init", tmp_path / "data.csv", "--target", "diagnosis", "--out", tmp_path / "s.yaml"
+    )
+    assert result.exit_code == 0, result.all
+    text = (tmp_path / "s.yaml").read_text()
+    assert text.count("#") > 20  # commented for a human
+    raw = yaml.safe_load(text)
+    assert raw["task"] == "classification"
+    assert raw["target"] == "diagnosis"
+    assert raw["data"]["path"] == "data.csv"
+    assert "patient_id" in raw["features"]["exclude"]
+    assert "clinic" in raw["features"]["categorical"]
+    assert "mean_radius" in raw["features"]["numeric"]
+    assert raw["training"]["metric"] == "roc_auc"
+    again = run_cli(
+        "init", tmp_path / "data.csv", "--target", "diagnosis", "--out", tmp_path / "s.yaml"
+    )
+    assert again.exit_code == 2 and "already exists" in again.stderr
+
+
+def test_binary_full_loop(tmp_path: Path) -> None:
+    config = make_project(tmp_path, breast_cancer_frame(), "diagnosis")
+
+    first = run_cli("train", "-c", config)
+    assert first.exit_code == 0, first.all
+    assert "version 1" in first.output and "champion" in first.output
+    assert "Leaderboard" in first.output
+
+    client, experiment_id = _client(config)
+    parents = client.search_runs(
+        [experiment_id], filter_string="tags.`shipml.kind` = 'train'", max_results=10
+    )
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert len(parent.data.tags["shipml.data_sha256"]) == 64
+    assert parent.data.params["split_seed"] == "42"
+    assert parent.data.params["cv"] == "3"
+    assert "test_roc_auc" in parent.data.metrics and parent.data.metrics["test_roc_auc"] > 0.9
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {
+        "config",
+        "validation",
+        "leaderboard",
+        "schema",
+        "environment",
+        "evaluation",
+    } <= artifacts
+    children = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    names = {c.info.run_name for c in children}
+    assert {"majority", "logistic_regression", "random_forest"} <= names
+    lr = next(c for c in children if c.info.run_name == "logistic_regression")
+    history = client.get_metric_history(lr.info.run_id, "cv_roc_auc")
+    assert sorted(m.step for m in history) == [0, 1, 2]  # one value per fold
+    assert "cv_roc_auc_mean" in lr.data.metrics and "cv_roc_auc_std" in lr.data.metrics
+
+    # The model is saved with skops (not pickle), with a signature and an input example.
+    project = Project.load(config)
+    version = client.get_model_version(project.config.name, "1")
+    loaded = project.load_model("champion")
+    assert loaded.version == 1
+    cache = project.root / ".shipml" / "cache" / project.config.name / "1"
+    mlmodel = yaml.safe_load((cache / "MLmodel").read_text())
+    assert mlmodel["flavors"]["sklearn"]["serialization_format"] == "skops"
+    assert "signature" in mlmodel and "saved_input_example_info" in mlmodel
+    assert version.tags["shipml.model_sha256"]
+
+    models = run_cli("models", "-c", config)
+    assert models.exit_code == 0 and "champion" in models.output
+
+    out = tmp_path / "scored.csv"
+    predicted = run_cli("predict", tmp_path / "new.csv", "--out", out, "-c", config)
+    assert predicted.exit_code == 0, predicted.all
+    scored = pd.read_csv(out)
+    new = pd.read_csv(tmp_path / "new.csv")
+    assert list(scored.columns) == [
+        *new.columns,
+        "prediction",
+        "probability",
+        "proba_benign",
+        "proba_malignant",
+    ]
+    assert len(scored) == len(new)
+    assert set(scored["prediction"]) <= {"benign", "malignant"}
+    assert ((scored["probability"] >= 0.5) & (scored["probability"] <= 1)).all()
+    assert (scored[["proba_benign", "proba_malignant"]].sum(axis=1) - 1).abs().max() < 1e-9
+    winner = scored[["proba_benign", "proba_malignant"]].idxmax(axis=1).str.removeprefix("proba_")
+    assert (winner == scored["prediction"]).all()
+
+    evaluated = run_cli("evaluate", tmp_path / "labelled.csv", "-c", config)
+    assert evaluated.exit_code == 0, evaluated.all
+    assert "roc_auc" in evaluated.output and "accuracy" in evaluated.output
+    saved = sorted((project.root / ".shipml" / "reports").glob("evaluation-v1-*.json"))
+    assert saved and json.loads(saved[-1].read_text())["metrics"]["accuracy"] > 0.8
+
+    second = run_cli("train", "-c", config)
+    assert second.exit_code == 0, second.all
+    assert "challenger" in second.output
+    assert Project.load(config).champion() == 1
+
+    assert run_cli("promote", "2", "-c", config).exit_code == 0
+    assert Project.load(config).champion() == 2
+    assert run_cli("predict", tmp_path / "new.csv", "--out", out, "-c", config).exit_code == 0
+
+    back = run_cli("rollback", "-c", config)
+    assert back.exit_code == 0 and "from version 2 to version 1" in back.output
+    assert Project.load(config).champion() == 1
+    nothing = run_cli("rollback", "-c", config)
+    assert nothing.exit_code == 2 and "nothing to roll back" in nothing.stderr
+
+    missing = run_cli("promote", "9", "-c", config)
+    assert missing.exit_code == 2 and "no version 9" in missing.stderr
+
+    by_version = run_cli(
+        "predict", tmp_path / "new.csv", "--out", out, "--version", "2", "-c", config
+    )
+    assert by_version.exit_code == 0 and "version 2" in by_version.output
+
+
+def test_multiclass(tmp_path: Path) -> None:
+    config = make_project(tmp_path, wine_frame().sample(frac=1, random_state=0), "cultivar")
+    assert yaml.safe_load(config.read_text())["training"]["metric"] == "f1_macro"
+    result = run_cli("train", "-c", config)
+    assert result.exit_code == 0, result.all
+    out = tmp_path / "scored.parquet"
+    assert run_cli("predict", tmp_path / "new.csv", "--out", out, "-c", config).exit_code == 0
+    scored = pd.read_parquet(out)
+    assert {"proba_barbera", "proba_barolo", "proba_grignolino"} <= set(scored.columns)
+    evaluation = Project.load(config).evaluate(pd.read_csv(tmp_path / "labelled.csv"))
+    assert evaluation.metrics["accuracy"] > 0.85
+    assert "roc_auc" in evaluation.metrics  # one-vs-rest
+
+
+def test_regression(tmp_path: Path) -> None:
+    config = make_project(tmp_path, diabetes_frame(), "progression")
+    raw = yaml.safe_load(config.read_text())
+    assert raw["task"] == "regression" and raw["training"]["metric"] == "rmse"
+    result = run_cli("train", "-c", config)
+    assert result.exit_code == 0, result.all
+    assert "rmse" in result.output
+    out = tmp_path / "scored.csv"
+    assert run_cli("predict", tmp_path / "new.csv", "--out", out, "-c", config).exit_code == 0
+    scored = pd.read_csv(out)
+    assert "prediction" in scored.columns and "probability" not in scored.columns
+    evaluated = run_cli("evaluate", tmp_path / "labelled.csv", "-c", config)
+    assert evaluated.exit_code == 0 and "mae" in evaluated.output
+    metrics = Project.load(config).models()[0].test_metrics
+    assert set(metrics) >= {"rmse", "mae", "r2", "mape"}
+    assert metrics["r2"] > 0.2
+
+
+def test_quickstart_runs_the_whole_loop_on_demo_data(tmp_path: Path) -> None:
+    result = run_cli("quickstart", "--dir", tmp_path / "qs", "--time-budget", "40")
+    assert result.exit_code == 0, result.all
+    folder = tmp_path / "qs"
+    scored = pd.read_csv(folder / "scored.csv")
+    assert "prediction" in scored.columns
+    assert (scored["region"] == "overseas").sum() == 5  # unseen category, still predicted
+    assert scored["prediction"].notna().all()
+    assert (folder / ".shipml" / "mlflow.db").is_file()
+    versions = Project.load(folder / "shipml.yaml").models()
+    assert [v.version for v in versions] == [1, 2]
+    assert "champion" in versions[0].aliases  # promoted to 2, then rolled back to 1
+    assert "Where things are" in result.output
+
+
+def test_sqlite_source(tmp_path: Path) -> None:
+    db = tmp_path / "warehouse.db"
+    with sqlite3.connect(db) as conn:
+        wine_frame().to_sql("wines", conn, index=False)
+    url = f"sqlite:///{db}"
+    config = tmp_path / "shipml.yaml"
+    result = run_cli(
+        "init", url, "--query", "SELECT * FROM wines", "--target", "cultivar", "--out", config
+    )
+    assert result.exit_code == 0, result.all
+    raw = yaml.safe_load(config.read_text())
+    assert raw["data"] == {"url": url, "query": "SELECT * FROM wines"}
+    raw["training"].update(cv=3, models=["logistic_regression", "random_forest"])
+    config.write_text(yaml.safe_dump(raw))
+    trained = run_cli("train", "-c", config)
+    assert trained.exit_code == 0, trained.all
+
+
+def test_python_api(tmp_path: Path) -> None:
+    config = make_project(
+        tmp_path,
+        diabetes_frame(),
+        "progression",
+        edit=lambda raw: raw["training"].update(models=["ridge", "hist_gradient_boosting"]),
+    )
+    project = Project.load(config)
+    result = project.train(time_budget=60)
+    assert result.version == 1 and result.alias == "champion"
+    assert result.best in {"ridge", "hist_gradient_boosting", "mean"}
+    assert [r.name for r in result.leaderboard.results] == [
+        "mean",
+        "ridge",
+        "hist_gradient_boosting",
+    ]
+    model = project.load_model("champion")
+    new = pd.read_csv(tmp_path / "new.csv")
+    assert model.predict(new).shape == (len(new),)
+    assert project.models()[0].aliases == ["champion"]

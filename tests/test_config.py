@@ -1,0 +1,57 @@
+"""shipml.yaml validation: unknown keys and wrong types name the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shipml.config import load_config, parse_config
+from shipml.errors import ConfigError
+
+BASE = {"name": "churn", "data": {"path": "d.csv"}, "target": "y"}
+
+
+def _err(raw: object) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, Path("shipml.yaml"))
+    return info.value.message
+
+
+def test_minimal_config_gets_defaults() -> None:
+    config = parse_config(dict(BASE), Path("shipml.yaml"))
+    assert config.split.test_size == 0.2 and config.split.seed == 42
+    assert config.training.models == "auto" and config.training.cv == 5
+    assert config.tracking_uri is None
+
+
+def test_unknown_nested_key_names_the_path() -> None:
+    assert "unknown key 'features.derivd'" in _err({**BASE, "features": {"derivd": {}}})
+
+
+def test_wrong_type_names_path_and_value() -> None:
+    message = _err({**BASE, "training": {"time_budget_s": "long"}})
+    assert "training.time_budget_s" in message and "'long'" in message
+
+
+def test_missing_required_key() -> None:
+    raw = dict(BASE)
+    del raw["target"]
+    assert "required key 'target'" in _err(raw)
+
+
+def test_data_source_needs_one_kind() -> None:
+    assert "not both" in _err({**BASE, "data": {"path": "a.csv", "url": "sqlite://", "query": "x"}})
+    assert "query" in _err({**BASE, "data": {"url": "sqlite:///x.db"}})
+
+
+def test_metric_must_fit_task() -> None:
+    message = _err({**BASE, "task": "regression", "training": {"metric": "roc_auc"}})
+    assert "does not fit task 'regression'" in message
+    assert "unknown metric 'auc'" in _err({**BASE, "training": {"metric": "auc"}})
+
+
+def test_not_a_mapping_and_missing_file(tmp_path: Path) -> None:
+    assert "expected a mapping" in _err(["a", "b"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
