@@ -52,8 +52,15 @@ def test_init_writes_commented_config_with_inferred_roles(tmp_path: Path) -> Non
     assert again.exit_code == 2 and "already exists" in again.stderr
 
 
+def _derived(raw: dict) -> None:
+    raw["features"]["derived"] = {
+        "area_ratio": "worst_area / mean_area",
+        "large": "mean_radius > 15 and clinic in ['north', 'east']",
+    }
+
+
 def test_binary_full_loop(tmp_path: Path) -> None:
-    config = make_project(tmp_path, breast_cancer_frame(), "diagnosis")
+    config = make_project(tmp_path, breast_cancer_frame(), "diagnosis", edit=_derived)
 
     first = run_cli("train", "-c", config)
     assert first.exit_code == 0, first.all
@@ -98,6 +105,9 @@ def test_binary_full_loop(tmp_path: Path) -> None:
     cache = project.root / ".shipml" / "cache" / project.config.name / "1"
     mlmodel = yaml.safe_load((cache / "MLmodel").read_text())
     assert mlmodel["flavors"]["sklearn"]["serialization_format"] == "skops"
+    assert set(loaded.schema.derived) == {"area_ratio", "large"}  # computed inside the model
+    derived_out = loaded.pipeline.named_steps["preprocess"].named_steps["derive"]
+    assert derived_out.expressions == loaded.schema.derived
     assert "signature" in mlmodel and "saved_input_example_info" in mlmodel
     assert version.tags["shipml.model_sha256"]
 
@@ -238,3 +248,43 @@ def test_python_api(tmp_path: Path) -> None:
     new = pd.read_csv(tmp_path / "new.csv")
     assert model.predict(new).shape == (len(new),)
     assert project.models()[0].aliases == ["champion"]
+
+
+def test_time_budget_bounds_the_run(tmp_path: Path) -> None:
+    config = make_project(tmp_path, breast_cancer_frame(), "diagnosis")
+    result = Project.load(config).train(time_budget=1)
+    statuses = {r.name: r.status for r in result.leaderboard.results}
+    assert statuses["majority"] == statuses["logistic_regression"] == "ok"  # baselines first
+    assert {statuses[n] for n in ("random_forest", "hist_gradient_boosting", "lightgbm")} == {
+        "skipped"
+    }
+    assert result.best in {"majority", "logistic_regression"}
+    shown = run_cli("models", "-c", config)
+    assert shown.exit_code == 0 and "logistic_regression" in shown.output
+
+
+def test_git_commit_and_environment_are_tracked(tmp_path: Path) -> None:
+    import subprocess
+
+    config = make_project(
+        tmp_path,
+        wine_frame(),
+        "cultivar",
+        edit=lambda raw: raw["training"].update(models=["random_forest"]),
+    )
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "shipml.yaml"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "config"], cwd=tmp_path, check=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    project = Project.load(config)
+    result = project.train(time_budget=60)
+    run = project.store.client.get_run(result.run_id)
+    assert run.data.tags["shipml.git_commit"] == head
+    assert run.data.tags["shipml.git_dirty"] == "true"  # the data files are not committed
+    local = project.store.client.download_artifacts(result.run_id, "environment", str(tmp_path))
+    packages = json.loads((Path(local) / "packages.json").read_text())
+    assert {"scikit-learn", "lightgbm", "mlflow", "pandas"} <= set(packages)
+    assert run.data.params["training_seed"] == "42"

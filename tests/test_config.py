@@ -55,3 +55,13 @@ def test_not_a_mapping_and_missing_file(tmp_path: Path) -> None:
     assert "expected a mapping" in _err(["a", "b"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_logged_config_has_no_passwords() -> None:
+    from shipml.training.train import redact_secrets
+
+    raw = {**BASE, "data": {"url": "postgresql://ann:s3cret@db.example/prod", "query": "SELECT 1"}}
+    config = parse_config(raw, Path("shipml.yaml"))
+    text = "data:\n  url: postgresql://ann:s3cret@db.example/prod\n  query: SELECT 1\n"
+    redacted = redact_secrets(text, config)
+    assert "s3cret" not in redacted and "ann" in redacted and "db.example/prod" in redacted

@@ -17,7 +17,7 @@ import pandas as pd
 from shipml import registry
 from shipml.config import ProjectConfig
 from shipml.data.schema import Schema, coerce_frame, coerce_target, infer_schema
-from shipml.data.sources import fingerprint, load_table, read_table_file
+from shipml.data.sources import fingerprint, load_table, mask_url, read_table_file
 from shipml.data.split import split_table
 from shipml.data.validate import ValidationReport, drop_missing_target, validate_table
 from shipml.errors import TrainingError, ValidationFailed
@@ -80,6 +80,14 @@ def _git_info(root: Path) -> dict[str, str]:
         }
     except (OSError, subprocess.SubprocessError):
         return {}
+
+
+def redact_secrets(text: str, config: ProjectConfig) -> str:
+    """The config text with passwords in URLs masked, for logging to the tracking store."""
+    for url in (config.data.url, config.tracking_uri):
+        if url and mask_url(url) != url:
+            text = text.replace(url, mask_url(url))
+    return text
 
 
 def validate_for_training(
@@ -205,7 +213,7 @@ def train(
                 "n_features": len(schema.input_columns),
             }
         )
-        recorder.log_text(config_text, "config/shipml.yaml")
+        recorder.log_text(redact_secrets(config_text, config), "config/shipml.yaml")
         recorder.log_dict(report.to_dict(), "validation/validation.json")
         recorder.log_dict(schema.to_dict(), "schema/schema.json")
         recorder.log_dict(registry.package_versions(_ENV_PACKAGES), "environment/packages.json")
