@@ -113,17 +113,25 @@ def init(
 
     Example: `shipml init data/customers.csv --target churned`
     """
-    from shipml.console import schema_table
+    from shipml.console import schema_table, validation_table
     from shipml.scaffold import init_project
 
     if task not in ("auto", "classification", "regression"):
         raise ShipmlError(f"--task must be auto, classification or regression (got {task!r})")
     result = init_project(data, target, None if task == "auto" else task, name, out, query, force)
     console.print(schema_table(result.schema, f"Columns of {data} ({result.n_rows:,} rows)"))
+    findings = validation_table(result.validation)
+    if findings is not None:
+        console.print(findings)
     console.print(
         f"[bold green]✓[/] wrote {result.path}: task [bold]{result.schema.task}[/], metric "
         f"{result.metric}. Review the column roles, then run `shipml train`."
     )
+    if not result.validation.ok:
+        console.print(
+            "[bold red]![/] the data has fatal problems (above): `shipml train` will refuse it "
+            "until they are fixed."
+        )
 
 
 @app.command()

@@ -93,7 +93,8 @@ def leaderboard_table(board: Leaderboard) -> Table:
             cells.append("–" if mean is None else f"{fmt(mean)} ± {fmt(std, 3)}")
         name = row["model"] + (" [dim](baseline)[/]" if row["baseline"] else "")
         style = "bold green" if row["rank"] == 1 else ("dim" if row["rank"] is None else "")
-        note = row["reason"] or ("" if row["status"] == "ok" else row["status"])
+        members = " + ".join(f"{n} ×{w}" for n, w in row["members"].items())
+        note = row["reason"] or members or ("" if row["status"] == "ok" else row["status"])
         table.add_row(
             str(row["rank"] or ""), name, *cells, f"{row['fit_seconds']:.1f}s", note, style=style
         )

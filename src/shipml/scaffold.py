@@ -14,6 +14,7 @@ import yaml
 from shipml.config import DataConfig, Task, parse_config
 from shipml.data.schema import Schema, infer_schema
 from shipml.data.sources import load_table
+from shipml.data.validate import ValidationReport, validate_table
 from shipml.errors import ConfigError
 from shipml.evaluation.metrics import default_metric
 from shipml.models.catalog import CATALOG
@@ -25,6 +26,7 @@ class InitResult:
     schema: Schema
     n_rows: int
     metric: str
+    validation: ValidationReport
 
 
 def _q(value: str) -> str:
@@ -147,8 +149,9 @@ def init_project(
     metric = default_metric(schema.task, n_classes)
     project_name = name or _name_from(data)
     text = render_config(project_name, source, label, len(df), schema, metric)
-    parse_config(yaml.safe_load(text), out)  # what we write must load back
+    config = parse_config(yaml.safe_load(text), out)  # what we write must load back
+    report = validate_table(df, target, schema, config.validation, schema.task)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)
-    return InitResult(out, schema, len(df), metric)
+    return InitResult(out, schema, len(df), metric, report)

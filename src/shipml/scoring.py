@@ -120,7 +120,8 @@ def evaluate(model: Model, df: pd.DataFrame, source: str = "input") -> Evaluatio
                 f"the model knows: {', '.join(map(str, classes))}",
             )
         proba = model.predict_proba(df, source)
-        predictions = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+        # Index the fitted labels themselves, so 0/1 labels stay integers for the metrics.
+        predictions = np.asarray(model.pipeline.classes_)[proba.argmax(axis=1)]
         metrics = classification_metrics(y, predictions, proba, classes)
         extras = {
             "confusion_matrix": confusion(y, predictions, classes),

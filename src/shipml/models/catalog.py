@@ -139,3 +139,15 @@ def families_for(task: str, models: str | list[str]) -> list[Family]:
             "training.models is empty", f"use 'auto' or some of: {', '.join(catalog)}"
         )
     return [f for f in catalog.values() if f.baseline or f.name in models]
+
+
+def build_ensemble(task: str, members: dict[str, int], seed: int) -> BaseEstimator:
+    """The soft-voting ensemble the leaderboard's 'ensemble' entry stands for."""
+    from sklearn.ensemble import VotingClassifier, VotingRegressor
+
+    catalog = CATALOG[task]
+    estimators = [(name, catalog[name].build(seed)) for name in members]
+    weights = [members[name] for name in members]
+    if task == "classification":
+        return VotingClassifier(estimators, voting="soft", weights=weights)
+    return VotingRegressor(estimators, weights=weights)

@@ -2,97 +2,28 @@
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
-from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
+from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold, TimeSeriesSplit
 
 from shipml.config import FeaturesConfig
 from shipml.data.schema import Schema
-from shipml.evaluation.metrics import METRICS, classification_metrics, regression_metrics
 from shipml.features import build_model_pipeline
 from shipml.models.catalog import Family
+from shipml.training.ensemble import greedy_ensemble
+from shipml.training.leaderboard import CandidateResult, Leaderboard, fold_metrics, fold_output
 
-Status = Literal["ok", "failed", "skipped", "stopped"]
 EventHandler = Callable[..., None]
+SMALL_TABLE_ROWS = 1000
 
 CLASSIFICATION_CV_METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1_macro", "log_loss")
 REGRESSION_CV_METRICS = ("rmse", "mae", "r2")
-
-
-@dataclass
-class CandidateResult:
-    """One family's cross-validation: scores per fold for every metric, or why it did not run."""
-
-    name: str
-    description: str
-    baseline: bool
-    params: dict[str, Any]
-    fold_scores: dict[str, list[float]] = field(default_factory=dict)
-    fit_seconds: float = 0.0
-    status: Status = "ok"
-    reason: str = ""
-
-    def mean(self, metric: str) -> float:
-        values = self.fold_scores.get(metric) or [math.nan]
-        return float(statistics.fmean(values))
-
-    def std(self, metric: str) -> float:
-        values = self.fold_scores.get(metric) or []
-        return float(statistics.pstdev(values)) if len(values) > 1 else 0.0
-
-    def summary(self) -> dict[str, float]:
-        out = {}
-        for metric in self.fold_scores:
-            out[f"cv_{metric}_mean"] = self.mean(metric)
-            out[f"cv_{metric}_std"] = self.std(metric)
-        out["fit_seconds"] = self.fit_seconds
-        return out
-
-
-@dataclass
-class Leaderboard:
-    """Every candidate's result, ranked by the project's metric."""
-
-    metric: str
-    metrics: tuple[str, ...]
-    results: list[CandidateResult]
-
-    def ranked(self) -> list[CandidateResult]:
-        done = [r for r in self.results if r.status == "ok" and not math.isnan(r.mean(self.metric))]
-        sign = 1.0 if METRICS[self.metric].greater_is_better else -1.0
-        return sorted(done, key=lambda r: -sign * r.mean(self.metric))
-
-    @property
-    def best(self) -> CandidateResult | None:
-        ranked = self.ranked()
-        return ranked[0] if ranked else None
-
-    def to_records(self) -> list[dict[str, Any]]:
-        rank = {id(r): i + 1 for i, r in enumerate(self.ranked())}
-        rows = []
-        for r in self.results:
-            row: dict[str, Any] = {
-                "rank": rank.get(id(r)),
-                "model": r.name,
-                "baseline": r.baseline,
-                "status": r.status,
-                "reason": r.reason,
-                "fit_seconds": round(r.fit_seconds, 3),
-            }
-            for m in self.metrics:
-                row[f"{m}_mean"] = r.mean(m) if m in r.fold_scores else None
-                row[f"{m}_std"] = r.std(m) if m in r.fold_scores else None
-            rows.append(row)
-        return sorted(rows, key=lambda row: (row["rank"] is None, row["rank"] or 0))
 
 
 def cv_metrics(task: str, primary: str) -> tuple[str, ...]:
@@ -103,28 +34,17 @@ def cv_metrics(task: str, primary: str) -> tuple[str, ...]:
 
 def folds_for(
     schema: Schema, y: pd.Series, cv: int, seed: int, ordered: bool
-) -> KFold | StratifiedKFold | TimeSeriesSplit:
+) -> RepeatedKFold | RepeatedStratifiedKFold | TimeSeriesSplit:
     """Stratified folds for classification, shuffled k-fold for regression, forward in time."""
     if ordered:
         return TimeSeriesSplit(n_splits=cv)
+    # On small tables one k-fold pass is a noisy judge of which model is best: repeat it.
+    repeats = 3 if len(y) < SMALL_TABLE_ROWS else 1
     if schema.task == "classification":
         smallest = int(y.value_counts().min())
-        return StratifiedKFold(n_splits=max(2, min(cv, smallest)), shuffle=True, random_state=seed)
-    return KFold(n_splits=cv, shuffle=True, random_state=seed)
-
-
-def _score_all(
-    estimator: Any, X: pd.DataFrame, y: pd.Series, metrics: tuple[str, ...], task: str
-) -> dict[str, float]:
-    """Every CV metric from one prediction pass over the validation fold."""
-    if task == "classification":
-        classes = list(estimator.classes_)
-        proba = estimator.predict_proba(X)
-        predictions = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
-        values = classification_metrics(y, predictions, proba, classes)
-    else:
-        values = regression_metrics(y, estimator.predict(X))
-    return {m: float(values.get(m, math.nan)) for m in metrics}
+        k = max(2, min(cv, smallest))
+        return RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
+    return RepeatedKFold(n_splits=cv, n_repeats=repeats, random_state=seed)
 
 
 def run_candidates(
@@ -147,6 +67,9 @@ def run_candidates(
     metrics = cv_metrics(schema.task, metric)
     splitter = folds_for(schema, y, cv, seed, ordered)
     splits = list(splitter.split(X, y))
+    # Every classifier sorts its labels the same way, so probability columns line up across
+    # candidates (the ensemble relies on it).
+    classes = np.unique(y.to_numpy()) if schema.task == "classification" else None
     results: list[CandidateResult] = []
     for family in families:
         estimator = family.build(seed)
@@ -166,13 +89,13 @@ def run_candidates(
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     pipeline.fit(X.iloc[train_idx], y.iloc[train_idx])
-                    scores = _score_all(
-                        pipeline, X.iloc[valid_idx], y.iloc[valid_idx], metrics, schema.task
-                    )
+                    output = fold_output(pipeline, X.iloc[valid_idx], schema.task)
+                    scores = fold_metrics(y.iloc[valid_idx], output, classes, metrics)
             except Exception as err:  # a failing family must not end the whole training
                 result.status = "failed"
                 result.reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
                 break
+            result.fold_outputs.append(output)
             for m, v in scores.items():
                 result.fold_scores.setdefault(m, []).append(v)
             emit("fold_done", name=family.name, fold=i + 1, score=scores[metric])
@@ -189,6 +112,13 @@ def run_candidates(
                 break
         result.fit_seconds = time.monotonic() - started
         emit("candidate_done", result=result, folds=len(splits), metric=metric)
+    ensemble = greedy_ensemble(results, [y.iloc[v] for _, v in splits], classes, metric, metrics)
+    if ensemble is not None:
+        refit = sum(r.fit_seconds / len(splits) for r in results if r.name in ensemble.members)
+        if time.monotonic() + 1.25 * refit > deadline:
+            ensemble.status, ensemble.reason = "skipped", "time budget: no time left to refit it"
+        results.append(ensemble)
+        emit("candidate_done", result=ensemble, folds=len(splits), metric=metric)
     return Leaderboard(metric=metric, metrics=metrics, results=results)
 
 

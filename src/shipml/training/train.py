@@ -30,7 +30,7 @@ from shipml.evaluation.metrics import (
     regression_metrics,
 )
 from shipml.features import build_model_pipeline
-from shipml.models.catalog import families_for
+from shipml.models.catalog import build_ensemble, families_for
 from shipml.training.search import EventHandler, Leaderboard, run_candidates
 
 # Seconds kept back from the budget for the refit's bookkeeping: evaluation and MLflow logging.
@@ -241,12 +241,22 @@ def train(
         recorder.log_dict(leaderboard.to_records(), "leaderboard/leaderboard.json")
         best = leaderboard.best
         if best is None:
-            reasons = "; ".join(f"{r.name}: {r.reason}" for r in leaderboard.results)
-            raise TrainingError(f"no candidate model could be trained ({reasons})", None)
+            reasons: dict[str, list[str]] = {}
+            for r in leaderboard.results:
+                reasons.setdefault(r.reason or r.status, []).append(r.name)
+            shown = "; ".join(f"{', '.join(names)}: {why}" for why, names in reasons.items())
+            raise TrainingError(
+                f"no candidate model could be trained ({shown})",
+                "check the data types in the validation report, or give a larger --time-budget",
+            )
 
         emit("stage", name=f"Refitting {best.name} on the training split")
-        family = next(f for f in families if f.name == best.name)
-        pipeline = build_model_pipeline(schema, config.features, family.build(config.training.seed))
+        seed = config.training.seed
+        if best.members:
+            estimator = build_ensemble(schema.task, best.members, seed)
+        else:
+            estimator = next(f for f in families if f.name == best.name).build(seed)
+        pipeline = build_model_pipeline(schema, config.features, estimator)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pipeline.fit(X_train, y_train)

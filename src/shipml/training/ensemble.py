@@ -1,0 +1,88 @@
+"""A greedy weighted ensemble of the cross-validated candidates (Caruana et al., 2004).
+
+Starting from the best single candidate, each round adds (with replacement) the candidate whose
+fold outputs, averaged in, most improve the mean CV score (or keep it equal, when that brings in
+a model not yet in the mix); weights are how often each was added.
+Scored on the same folds as the candidates, it joins the leaderboard and wins only when it beats
+every single model there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from shipml.evaluation.metrics import METRICS
+from shipml.training.leaderboard import CandidateResult, fold_metrics
+
+MAX_ROUNDS = 20
+
+
+def _score(
+    outputs: list[np.ndarray],
+    targets: list[pd.Series],
+    classes: np.ndarray | None,
+    metrics: tuple[str, ...],
+) -> dict[str, list[float]]:
+    per_metric: dict[str, list[float]] = {m: [] for m in metrics}
+    for output, y in zip(outputs, targets, strict=True):
+        for m, v in fold_metrics(y, output, classes, metrics).items():
+            per_metric[m].append(v)
+    return per_metric
+
+
+def greedy_ensemble(
+    results: list[CandidateResult],
+    targets: list[pd.Series],
+    classes: np.ndarray | None,
+    metric: str,
+    metrics: tuple[str, ...],
+) -> CandidateResult | None:
+    """The ensemble as a leaderboard entry, or None when no mix beats the best single model."""
+    pool = [
+        r
+        for r in results
+        if r.status == "ok" and len(r.fold_outputs) == len(targets) and r.name != "majority"
+    ]
+    if len(pool) < 2:
+        return None
+    sign = 1.0 if METRICS[metric].greater_is_better else -1.0
+
+    def mean_score(outputs: list[np.ndarray]) -> float:
+        values = _score(outputs, targets, classes, (metric,))[metric]
+        return sign * float(np.mean(values))
+
+    best = max(pool, key=lambda r: sign * r.mean(metric))
+    weights = {best.name: 1}
+    sums = [o.copy() for o in best.fold_outputs]
+    current = sign * best.mean(metric)
+    for _ in range(MAX_ROUNDS):
+        total = sum(weights.values())
+        trials = []
+        for r in pool:
+            outputs = [(s + o) / (total + 1) for s, o in zip(sums, r.fold_outputs, strict=True)]
+            trials.append((mean_score(outputs), r))
+        # Ties go to a model not yet in the mix: averaging equally good, different models lowers
+        # variance, which the folds cannot see but unseen data rewards.
+        score, _, chosen = max(
+            ((score, r.name not in weights, r) for score, r in trials), key=lambda t: t[:2]
+        )
+        if score < current - 1e-12 or (score <= current + 1e-12 and chosen.name in weights):
+            break
+        current = score
+        weights[chosen.name] = weights.get(chosen.name, 0) + 1
+        sums = [s + o for s, o in zip(sums, chosen.fold_outputs, strict=True)]
+    if len(weights) < 2:
+        return None
+    total = sum(weights.values())
+    outputs = [s / total for s in sums]
+    members = {r.name: weights[r.name] for r in pool if r.name in weights}
+    return CandidateResult(
+        name="ensemble",
+        description="weighted average of " + ", ".join(f"{n} ×{w}" for n, w in members.items()),
+        baseline=False,
+        params={"members": ",".join(f"{n}:{w}" for n, w in members.items())},
+        fold_scores=_score(outputs, targets, classes, metrics),
+        fit_seconds=sum(r.fit_seconds for r in pool if r.name in members),
+        members=members,
+    )

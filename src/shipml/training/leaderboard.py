@@ -1,0 +1,105 @@
+"""Cross-validation results: one candidate's fold scores, and the leaderboard that ranks them."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from shipml.evaluation.metrics import METRICS, classification_metrics, regression_metrics
+
+Status = Literal["ok", "failed", "skipped", "stopped"]
+
+
+@dataclass
+class CandidateResult:
+    """One family's cross-validation: scores per fold for every metric, or why it did not run."""
+
+    name: str
+    description: str
+    baseline: bool
+    params: dict[str, Any]
+    fold_scores: dict[str, list[float]] = field(default_factory=dict)
+    fit_seconds: float = 0.0
+    status: Status = "ok"
+    reason: str = ""
+    members: dict[str, int] = field(default_factory=dict)  # ensemble members and weights
+    fold_outputs: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    def mean(self, metric: str) -> float:
+        values = self.fold_scores.get(metric) or [math.nan]
+        return float(statistics.fmean(values))
+
+    def std(self, metric: str) -> float:
+        values = self.fold_scores.get(metric) or []
+        return float(statistics.pstdev(values)) if len(values) > 1 else 0.0
+
+    def summary(self) -> dict[str, float]:
+        out = {}
+        for metric in self.fold_scores:
+            out[f"cv_{metric}_mean"] = self.mean(metric)
+            out[f"cv_{metric}_std"] = self.std(metric)
+        out["fit_seconds"] = self.fit_seconds
+        return out
+
+
+@dataclass
+class Leaderboard:
+    """Every candidate's result, ranked by the project's metric."""
+
+    metric: str
+    metrics: tuple[str, ...]
+    results: list[CandidateResult]
+
+    def ranked(self) -> list[CandidateResult]:
+        done = [r for r in self.results if r.status == "ok" and not math.isnan(r.mean(self.metric))]
+        sign = 1.0 if METRICS[self.metric].greater_is_better else -1.0
+        return sorted(done, key=lambda r: -sign * r.mean(self.metric))
+
+    @property
+    def best(self) -> CandidateResult | None:
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    def to_records(self) -> list[dict[str, Any]]:
+        rank = {id(r): i + 1 for i, r in enumerate(self.ranked())}
+        rows = []
+        for r in self.results:
+            row: dict[str, Any] = {
+                "rank": rank.get(id(r)),
+                "model": r.name,
+                "baseline": r.baseline,
+                "status": r.status,
+                "reason": r.reason,
+                "members": dict(r.members),
+                "fit_seconds": round(r.fit_seconds, 3),
+            }
+            for m in self.metrics:
+                row[f"{m}_mean"] = r.mean(m) if m in r.fold_scores else None
+                row[f"{m}_std"] = r.std(m) if m in r.fold_scores else None
+            rows.append(row)
+        return sorted(rows, key=lambda row: (row["rank"] is None, row["rank"] or 0))
+
+
+def fold_output(estimator: Any, X: pd.DataFrame, task: str) -> np.ndarray:
+    """What a fitted candidate says about a validation fold: class probabilities (columns in
+    ``classes_`` order) for classification, predictions for regression."""
+    if task == "classification":
+        return np.asarray(estimator.predict_proba(X), dtype=float)
+    return np.asarray(estimator.predict(X), dtype=float)
+
+
+def fold_metrics(
+    y: pd.Series, output: np.ndarray, classes: np.ndarray | None, metrics: tuple[str, ...]
+) -> dict[str, float]:
+    """Every CV metric of one fold from its output (see fold_output)."""
+    if classes is not None:
+        predictions = classes[output.argmax(axis=1)]  # the labels' own type: 0/1 stay ints
+        values = classification_metrics(y, predictions, output, list(classes))
+    else:
+        values = regression_metrics(y, output)
+    return {m: float(values.get(m, math.nan)) for m in metrics}
