@@ -53,7 +53,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 import shipml
-from shipml.data.schema import coerce_target, infer_schema
+from shipml.data.coerce import coerce_target
+from shipml.data.infer import infer_schema
 from shipml.data.split import split_table
 from shipml.data.validate import drop_missing_target
 from shipml.demo import generate_customers

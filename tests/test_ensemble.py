@@ -8,7 +8,7 @@ import skops.io as sio
 from sklearn.datasets import load_breast_cancer
 
 from shipml.config import FeaturesConfig
-from shipml.data.schema import infer_schema
+from shipml.data.infer import infer_schema
 from shipml.features import build_model_pipeline, trusted_types_for
 from shipml.models.catalog import build_ensemble
 from shipml.training.ensemble import greedy_ensemble

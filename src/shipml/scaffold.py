@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 
 from shipml.config import DataConfig, Task, parse_config
-from shipml.data.schema import Schema, infer_schema
+from shipml.data.infer import infer_schema
+from shipml.data.schema import Schema
 from shipml.data.sources import load_table
 from shipml.data.validate import ValidationReport, validate_table
 from shipml.errors import ConfigError

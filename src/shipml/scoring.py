@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shipml.data.schema import Schema, check_input
+from shipml.data.coerce import check_input
+from shipml.data.schema import Schema
 from shipml.errors import DataError, InputSchemaError
 from shipml.evaluation.metrics import (
     classification_metrics,

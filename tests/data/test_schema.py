@@ -11,14 +11,9 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
 from shipml.config import FeaturesConfig
-from shipml.data.schema import (
-    Schema,
-    check_input,
-    coerce_frame,
-    coerce_target,
-    infer_schema,
-    infer_task,
-)
+from shipml.data.coerce import check_input, coerce_frame, coerce_target
+from shipml.data.infer import infer_schema, infer_task
+from shipml.data.schema import Schema
 from shipml.errors import DataError, InputSchemaError
 
 N = 120

@@ -8,7 +8,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 
 from shipml.config import SplitConfig
-from shipml.data.schema import infer_schema
+from shipml.data.infer import infer_schema
 from shipml.data.split import split_table
 from shipml.errors import DataError
 

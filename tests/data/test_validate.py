@@ -12,7 +12,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from shipml.config import FeaturesConfig, Task, ValidationConfig
-from shipml.data.schema import infer_schema
+from shipml.data.infer import infer_schema
 from shipml.data.validate import Finding, ValidationReport, drop_missing_target, validate_table
 from shipml.errors import DataError
 

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from shipml.config import SplitConfig
-from shipml.data.schema import Schema, as_category_strings, coerce_datetime
+from shipml.data.coerce import as_category_strings, coerce_datetime
+from shipml.data.schema import Schema
 from shipml.errors import DataError, InputSchemaError
 
 

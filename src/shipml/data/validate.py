@@ -12,20 +12,15 @@ import numpy as np
 import pandas as pd
 
 from shipml.config import ValidationConfig
-from shipml.data.schema import (
-    MODEL_ROLES,
-    NOTE_USER_EXCLUDED,
-    ColumnInfo,
-    Schema,
+from shipml.data.coerce import (
     as_category_strings,
     blank_to_missing,
     category_str,
     coerce_datetime,
     coerce_numeric,
-    infer_column,
-    infer_schema,
-    infer_task,
 )
+from shipml.data.infer import NOTE_USER_EXCLUDED, infer_column, infer_schema, infer_task
+from shipml.data.schema import MODEL_ROLES, ColumnInfo, Schema
 from shipml.errors import DataError, InputSchemaError
 
 Level = Literal["fatal", "warning", "info"]

@@ -16,7 +16,9 @@ import pandas as pd
 
 from shipml import registry
 from shipml.config import ProjectConfig
-from shipml.data.schema import Schema, coerce_frame, coerce_target, infer_schema
+from shipml.data.coerce import coerce_frame, coerce_target
+from shipml.data.infer import infer_schema
+from shipml.data.schema import Schema
 from shipml.data.sources import fingerprint, load_table, mask_url, read_table_file
 from shipml.data.split import split_table
 from shipml.data.validate import ValidationReport, drop_missing_target, validate_table
