@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -210,6 +212,28 @@ def test_quickstart_runs_the_whole_loop_on_demo_data(tmp_path: Path) -> None:
     assert [v.version for v in versions] == [1, 2]
     assert "champion" in versions[0].aliases  # promoted to 2, then rolled back to 1
     assert "Where things are" in result.output
+    runs = Project.load(folder / "shipml.yaml").store.client.search_runs(
+        [Project.load(folder / "shipml.yaml").store.experiment_id],
+        filter_string="tags.`shipml.kind` = 'train'",
+    )
+    assert sorted(int(r.data.params["n_rows"]) for r in runs) == [3000, 3600]  # more data, later
+
+    # A rerun (a new process, as a user runs it) resets the demo folder.
+    shipml = str(Path(sys.executable).parent / "shipml")
+    again = subprocess.run(
+        [shipml, "quickstart", "--dir", str(folder), "--time-budget", "40"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr
+    assert [v.version for v in Project.load(folder / "shipml.yaml").models()] == [1, 2]  # reset
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("precious")
+    refused = run_cli("quickstart", "--dir", tmp_path / "mine")
+    assert refused.exit_code == 2 and "not empty" in refused.stderr
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"
 
 
 def test_sqlite_source(tmp_path: Path) -> None:
@@ -264,8 +288,6 @@ def test_time_budget_bounds_the_run(tmp_path: Path) -> None:
 
 
 def test_git_commit_and_environment_are_tracked(tmp_path: Path) -> None:
-    import subprocess
-
     config = make_project(
         tmp_path,
         wine_frame(),

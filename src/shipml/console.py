@@ -117,10 +117,9 @@ def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
 def train_summary(result: TrainResult) -> None:
     console.print(leaderboard_table(result.leaderboard))
     console.print(
-        metrics_table(
-            f"Test split ({result.n_test:,} rows), {result.best}", {"test": result.test_metrics}
-        )
+        metrics_table(f"Test split ({result.n_test:,} rows)", {result.best: result.test_metrics})
     )
+
     alias_note = (
         "it is the champion"
         if result.alias == "champion"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from shipml import console as ui
 from shipml.data.sources import read_table_file
 from shipml.demo import write_demo_data
+from shipml.errors import ConfigError
 from shipml.project import Project
 from shipml.scaffold import init_project
 from shipml.scoring import write_table
@@ -18,9 +21,32 @@ def _step(text: str) -> None:
     ui.console.rule(f"[bold]{text}")
 
 
+_MARKER = ".shipml-quickstart"
+
+
+def _prepare(folder: Path) -> None:
+    """A new or empty folder, or one an earlier quickstart made (reset); never a user's folder."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--dir {folder} is a file", "choose a folder for the demo project")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / _MARKER).exists():
+        raise ConfigError(
+            f"--dir {folder} is not empty and was not made by `shipml quickstart`",
+            "choose a new or empty folder, e.g. --dir shipml-quickstart",
+        )
+    if (folder / _MARKER).exists():
+        for name in (".shipml", "data", "shipml.yaml", "scored.csv"):
+            path = folder / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / _MARKER).write_text("made by `shipml quickstart`; it resets this folder on rerun\n")
+
+
 def run_quickstart(folder: Path, time_budget: float = 60.0) -> Project:
     folder = folder.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    _prepare(folder)
     _step("1. Demo data (synthetic customers, documented seeds; see shipml.demo)")
     paths = write_demo_data(folder / "data")
     for key, path in paths.items():
@@ -60,10 +86,17 @@ def run_quickstart(folder: Path, time_budget: float = 60.0) -> Project:
     evaluation = project.evaluate(read_table_file(paths["labelled"]), source="labelled.csv")
     ui.console.print(ui.evaluation_table(evaluation, "labelled.csv"))
 
-    _step("7. shipml train again (a challenger), shipml promote, shipml rollback")
+    _step("7. New labelled data arrives: shipml train --data more.csv, promote, rollback")
+    more = folder / "data" / "more.csv"
+    pd.concat([read_table_file(paths["train"]), read_table_file(paths["labelled"])]).to_csv(
+        more, index=False
+    )
     with ui.train_progress() as progress:
-        second = project.train(time_budget=time_budget, on_event=progress)
-    ui.console.print(f"  version {second.version} registered as {second.alias}")
+        second = project.train(time_budget=time_budget, data=more, on_event=progress)
+    ui.console.print(
+        f"  version {second.version} ({second.best}, test {second.metric} "
+        f"{ui.fmt(second.test_metrics.get(second.metric))}) registered as {second.alias}"
+    )
     previous = project.promote(second.version)
     ui.console.print(f"  promote {second.version}: champion {previous} → {second.version}")
     old, new_champion = project.rollback()
