@@ -33,7 +33,8 @@ from shipml.evaluation.metrics import (
 )
 from shipml.features import build_model_pipeline
 from shipml.models.catalog import build_ensemble, families_for
-from shipml.training.search import EventHandler, Leaderboard, run_candidates
+from shipml.training.leaderboard import Leaderboard
+from shipml.training.search import EventHandler, run_candidates
 
 # Seconds kept back from the budget for the refit's bookkeeping: evaluation and MLflow logging.
 _FIXED_OVERHEAD_S = 3.0
@@ -138,28 +139,31 @@ def _confusion_figure(extras: dict[str, Any]) -> Any:
     return display.figure_
 
 
-def train(
-    config: ProjectConfig,
-    root: Path,
-    config_text: str,
-    data: str | Path | None = None,
-    time_budget: float | None = None,
-    on_event: EventHandler | None = None,
-) -> TrainResult:
-    """Train, evaluate, track and register a model for the project at ``root``."""
-    emit = on_event or (lambda *a, **k: None)
-    started = time.monotonic()
-    budget = float(time_budget if time_budget is not None else config.training.time_budget_s)
-    if budget <= 0:
-        raise TrainingError(f"time budget must be positive (got {budget})", "pass a number > 0")
-    deadline = started + budget - max(_FIXED_OVERHEAD_S, 0.05 * budget)
+@dataclass
+class PreparedData:
+    """The training table after validation, split and type coercion."""
 
+    schema: Schema
+    report: ValidationReport
+    report_path: Path
+    data_sha256: str
+    n_rows: int
+    X_train: pd.DataFrame
+    y_train: pd.Series
+    X_test: pd.DataFrame
+    y_test: pd.Series
+    metric: str
+
+
+def prepare_data(
+    config: ProjectConfig, root: Path, data: str | Path | None, emit: EventHandler
+) -> PreparedData:
+    """Load, validate (fatal findings raise ValidationFailed), split and coerce the table."""
     emit("stage", name="Loading data")
     df = load_training_table(config, root, data)
     data_sha = fingerprint(df)
     emit("stage", name="Validating data")
-    report_dir = root / ".shipml" / "reports"
-    schema, report, report_path = validate_for_training(df, config, report_dir)
+    schema, report, report_path = validate_for_training(df, config, root / ".shipml" / "reports")
     emit("validation", report=report, path=report_path)
     if not report.ok or schema is None:
         first = report.fatal[0] if report.fatal else None
@@ -170,10 +174,6 @@ def train(
         )
     df = drop_missing_target(df, config.target)
     train_df, test_df = split_table(df, schema, config.split)
-    X_train = coerce_frame(train_df, schema)
-    y_train = coerce_target(train_df[config.target], schema.task)
-    X_test = coerce_frame(test_df, schema)
-    y_test = coerce_target(test_df[config.target], schema.task)
     n_classes = len(schema.classes) if schema.classes else None
     metric = config.training.metric or default_metric(schema.task, n_classes)
     if METRICS[metric].task != schema.task:
@@ -182,17 +182,77 @@ def train(
             f"'{config.target}'",
             "choose a metric for this task, or set `task` in shipml.yaml",
         )
+    return PreparedData(
+        schema=schema,
+        report=report,
+        report_path=report_path,
+        data_sha256=data_sha,
+        n_rows=len(df),
+        X_train=coerce_frame(train_df, schema),
+        y_train=coerce_target(train_df[config.target], schema.task),
+        X_test=coerce_frame(test_df, schema),
+        y_test=coerce_target(test_df[config.target], schema.task),
+        metric=metric,
+    )
+
+
+def _no_model_error(leaderboard: Leaderboard) -> TrainingError:
+    reasons: dict[str, list[str]] = {}
+    for r in leaderboard.results:
+        reasons.setdefault(r.reason or r.status, []).append(r.name)
+    shown = "; ".join(f"{', '.join(names)}: {why}" for why, names in reasons.items())
+    return TrainingError(
+        f"no candidate model could be trained ({shown})",
+        "check the data types in the validation report, or give a larger --time-budget",
+    )
+
+
+def _log_evaluation(
+    recorder: registry.RunRecorder, test_metrics: dict[str, float], extras: dict[str, Any]
+) -> None:
+    recorder.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
+    for name, payload in extras.items():
+        recorder.log_dict(payload, f"evaluation/{name}.json")
+    if "confusion_matrix" in extras:
+        import matplotlib.pyplot as plt
+
+        figure = _confusion_figure(extras)
+        recorder.log_figure(figure, "evaluation/confusion_matrix.png")
+        plt.close(figure)
+
+
+def train(
+    config: ProjectConfig,
+    root: Path,
+    config_text: str,
+    data: str | Path | None = None,
+    time_budget: float | None = None,
+    on_event: EventHandler | None = None,
+) -> TrainResult:
+    """Train, evaluate, track and register a model for the project at ``root``.
+
+    Nothing reaches the registry until the model is refit and scored: a failure (or a kill) before
+    that leaves at most a FAILED (or, on the next run, KILLED) MLflow run, never a new version.
+    """
+    emit = on_event or (lambda *a, **k: None)
+    started = time.monotonic()
+    budget = float(time_budget if time_budget is not None else config.training.time_budget_s)
+    if budget <= 0:
+        raise TrainingError(f"time budget must be positive (got {budget})", "pass a number > 0")
+    deadline = started + budget - max(_FIXED_OVERHEAD_S, 0.05 * budget)
+    prepared = prepare_data(config, root, data, emit)
+    schema, metric = prepared.schema, prepared.metric
     families = families_for(schema.task, config.training.models)
+    seed = config.training.seed
 
     store = registry.open_store(root, config.name, config.tracking_uri)
     registry.close_stale_runs(store)
-    run_name = datetime.now(UTC).strftime("train-%Y%m%d-%H%M%S")
     recorder = registry.RunRecorder(
         store,
-        run_name,
+        datetime.now(UTC).strftime("train-%Y%m%d-%H%M%S"),
         {
             "shipml.kind": "train",
-            "shipml.data_sha256": data_sha,
+            "shipml.data_sha256": prepared.data_sha256,
             "shipml.python": platform.python_version(),
             **_git_info(root),
         },
@@ -204,19 +264,19 @@ def train(
                 "target": config.target,
                 "metric": metric,
                 "cv": config.training.cv,
-                "training_seed": config.training.seed,
+                "training_seed": seed,
                 "split_seed": config.split.seed,
                 "test_size": config.split.test_size,
                 "time_budget_s": budget,
                 "models": ",".join(f.name for f in families),
-                "n_rows": len(df),
-                "n_train": len(train_df),
-                "n_test": len(test_df),
+                "n_rows": prepared.n_rows,
+                "n_train": len(prepared.X_train),
+                "n_test": len(prepared.X_test),
                 "n_features": len(schema.input_columns),
             }
         )
         recorder.log_text(redact_secrets(config_text, config), "config/shipml.yaml")
-        recorder.log_dict(report.to_dict(), "validation/validation.json")
+        recorder.log_dict(prepared.report.to_dict(), "validation/validation.json")
         recorder.log_dict(schema.to_dict(), "schema/schema.json")
         recorder.log_dict(registry.package_versions(_ENV_PACKAGES), "environment/packages.json")
 
@@ -229,13 +289,13 @@ def train(
         emit("stage", name="Cross-validating candidates")
         leaderboard = run_candidates(
             families,
-            X_train,
-            y_train,
+            prepared.X_train,
+            prepared.y_train,
             schema,
             config.features,
             metric,
             config.training.cv,
-            config.training.seed,
+            seed,
             deadline,
             ordered=config.split.time_column is not None,
             on_event=on_candidate,
@@ -243,17 +303,9 @@ def train(
         recorder.log_dict(leaderboard.to_records(), "leaderboard/leaderboard.json")
         best = leaderboard.best
         if best is None:
-            reasons: dict[str, list[str]] = {}
-            for r in leaderboard.results:
-                reasons.setdefault(r.reason or r.status, []).append(r.name)
-            shown = "; ".join(f"{', '.join(names)}: {why}" for why, names in reasons.items())
-            raise TrainingError(
-                f"no candidate model could be trained ({shown})",
-                "check the data types in the validation report, or give a larger --time-budget",
-            )
+            raise _no_model_error(leaderboard)
 
         emit("stage", name=f"Refitting {best.name} on the training split")
-        seed = config.training.seed
         if best.members:
             estimator = build_ensemble(schema.task, best.members, seed)
         else:
@@ -261,19 +313,11 @@ def train(
         pipeline = build_model_pipeline(schema, config.features, estimator)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pipeline.fit(X_train, y_train)
+            pipeline.fit(prepared.X_train, prepared.y_train)
         emit("stage", name="Scoring the test split")
-        test_metrics, extras = _test_metrics(schema, pipeline, X_test, y_test)
-        recorder.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
+        test_metrics, extras = _test_metrics(schema, pipeline, prepared.X_test, prepared.y_test)
+        _log_evaluation(recorder, test_metrics, extras)
         recorder.log_metrics({f"best_{k}": v for k, v in best.summary().items()})
-        for name, payload in extras.items():
-            recorder.log_dict(payload, f"evaluation/{name}.json")
-        if "confusion_matrix" in extras:
-            import matplotlib.pyplot as plt
-
-            figure = _confusion_figure(extras)
-            recorder.log_figure(figure, "evaluation/confusion_matrix.png")
-            plt.close(figure)
 
         emit("stage", name="Registering the model")
         meta = {
@@ -282,10 +326,10 @@ def train(
             "test_metrics": test_metrics,
             "cv_mean": best.mean(metric),
             "cv_std": best.std(metric),
-            "data_sha256": data_sha,
+            "data_sha256": prepared.data_sha256,
             "run_id": recorder.run_id,
         }
-        model_uri, sha = recorder.log_model(pipeline, schema, X_train.head(5), meta)
+        model_uri, sha = recorder.log_model(pipeline, schema, prepared.X_train.head(5), meta)
         version = registry.register(
             store,
             model_uri,
@@ -313,13 +357,13 @@ def train(
         best=best.name,
         leaderboard=leaderboard,
         test_metrics=test_metrics,
-        validation=report,
+        validation=prepared.report,
         schema=schema,
-        n_train=len(train_df),
-        n_test=len(test_df),
+        n_train=len(prepared.X_train),
+        n_test=len(prepared.X_test),
         elapsed_s=time.monotonic() - started,
         budget_s=budget,
-        paths={"validation_report": report_path, "store": root / ".shipml"},
+        paths={"validation_report": prepared.report_path, "store": root / ".shipml"},
     )
 
 
