@@ -91,6 +91,7 @@ def test_target_constant(tmp_path: Path) -> None:
     config = _write_config(tmp_path, target="diagnosis")
     result = run_cli("train", "-c", config)
     assert_user_error(result, "diagnosis", "single value")
+    assert result.output.count("Data validation") == 1  # the findings table, shown once
     _registry_is_empty(config)
 
 

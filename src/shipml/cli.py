@@ -50,13 +50,6 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ShipmlError as err:
-            report = getattr(err, "report", None)
-            if report is not None:
-                from shipml.console import validation_table
-
-                table = validation_table(report)
-                if table is not None:
-                    console.print(table)
             error(err.message, err.hint)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from shipml import registry
 from shipml.config import ProjectConfig, load_config
-from shipml.scoring import EvaluationResult, Model, evaluate
-from shipml.training.search import EventHandler
-from shipml.training.train import TrainResult, train
+
+if TYPE_CHECKING:  # imported where used: `shipml models` need not load scikit-learn's metrics
+    import pandas as pd
+
+    from shipml.scoring import EvaluationResult, Model
+    from shipml.training.search import EventHandler
+    from shipml.training.train import TrainResult
 
 
 class Project:
@@ -40,6 +42,8 @@ class Project:
         on_event: EventHandler | None = None,
     ) -> TrainResult:
         """Validate, train, evaluate, track and register a new model version."""
+        from shipml.training.train import train
+
         text = self.path.read_text(encoding="utf-8")
         result = train(self.config, self.root, text, data, time_budget, on_event)
         self.__dict__.pop("store", None)  # training may have created the store
@@ -47,6 +51,8 @@ class Project:
 
     def load_model(self, ref: str | int = "champion") -> Model:
         """A registered version by alias ('champion', 'challenger') or number."""
+        from shipml.scoring import Model
+
         return Model(registry.load(self.store, ref))
 
     def models(self) -> list[registry.VersionInfo]:
@@ -71,6 +77,8 @@ class Project:
     def evaluate(
         self, df: pd.DataFrame, ref: str | int = "champion", source: str = "input"
     ) -> EvaluationResult:
+        from shipml.scoring import evaluate
+
         return evaluate(self.load_model(ref), df, source)
 
     def __repr__(self) -> str:
