@@ -31,94 +31,83 @@ class Family:
     description: str
 
 
-def _lgbm_classifier(seed: int) -> BaseEstimator:
-    from lightgbm import LGBMClassifier
+def _lightgbm(task: str) -> Callable[[int], BaseEstimator]:
+    def build(seed: int) -> BaseEstimator:
+        from lightgbm import LGBMClassifier, LGBMRegressor
 
-    return LGBMClassifier(**_LGBM_PARAMS, random_state=seed)
+        params: dict[str, Any] = {
+            "n_estimators": 300,
+            "learning_rate": 0.05,
+            "num_leaves": 31,
+            "subsample": 0.8,
+            "subsample_freq": 1,
+            "colsample_bytree": 0.8,
+            "n_jobs": N_JOBS,
+            "verbose": -1,
+            "random_state": seed,
+        }
+        return LGBMClassifier(**params) if task == "classification" else LGBMRegressor(**params)
+
+    return build
 
 
-def _lgbm_regressor(seed: int) -> BaseEstimator:
-    from lightgbm import LGBMRegressor
+def _random_forest(task: str) -> Callable[[int], BaseEstimator]:
+    cls = RandomForestClassifier if task == "classification" else RandomForestRegressor
+    return lambda seed: cls(n_estimators=200, random_state=seed, n_jobs=N_JOBS)
 
-    return LGBMRegressor(**_LGBM_PARAMS, random_state=seed)
+
+def _hist_gradient_boosting(task: str) -> Callable[[int], BaseEstimator]:
+    if task == "classification":
+        return lambda seed: HistGradientBoostingClassifier(random_state=seed)
+    return lambda seed: HistGradientBoostingRegressor(random_state=seed)
 
 
-_LGBM_PARAMS: dict[str, Any] = {
-    "n_estimators": 300,
-    "learning_rate": 0.05,
-    "num_leaves": 31,
-    "subsample": 0.8,
-    "subsample_freq": 1,
-    "colsample_bytree": 0.8,
-    "n_jobs": N_JOBS,
-    "verbose": -1,
+_STRONGER = (
+    ("random_forest", _random_forest, "random forest of 200 trees"),
+    ("hist_gradient_boosting", _hist_gradient_boosting, "scikit-learn histogram gradient boosting"),
+    ("lightgbm", _lightgbm, "LightGBM gradient boosting"),
+)
+_BASELINES = {
+    "classification": (
+        Family(
+            "majority",
+            True,
+            lambda seed: DummyClassifier(strategy="prior"),
+            "predicts the class shares of the training data (baseline)",
+        ),
+        Family(
+            "logistic_regression",
+            True,
+            lambda seed: LogisticRegression(max_iter=2000, random_state=seed),
+            "L2-regularised logistic regression (baseline)",
+        ),
+    ),
+    "regression": (
+        Family(
+            "mean",
+            True,
+            lambda seed: DummyRegressor(strategy="mean"),
+            "predicts the training mean (baseline)",
+        ),
+        Family(
+            "ridge",
+            True,
+            lambda seed: Ridge(alpha=1.0, random_state=seed),
+            "ridge regression (baseline)",
+        ),
+    ),
 }
 
+# Per task, in the order they are tried: baselines first, then the stronger families.
 CATALOG: dict[str, dict[str, Family]] = {
-    "classification": {
+    task: {
         f.name: f
         for f in [
-            Family(
-                "majority",
-                True,
-                lambda seed: DummyClassifier(strategy="prior"),
-                "predicts the class shares of the training data (baseline)",
-            ),
-            Family(
-                "logistic_regression",
-                True,
-                lambda seed: LogisticRegression(max_iter=2000, random_state=seed),
-                "L2-regularised logistic regression (baseline)",
-            ),
-            Family(
-                "random_forest",
-                False,
-                lambda seed: RandomForestClassifier(
-                    n_estimators=200, random_state=seed, n_jobs=N_JOBS
-                ),
-                "random forest of 200 trees",
-            ),
-            Family(
-                "hist_gradient_boosting",
-                False,
-                lambda seed: HistGradientBoostingClassifier(random_state=seed),
-                "scikit-learn histogram gradient boosting",
-            ),
-            Family("lightgbm", False, _lgbm_classifier, "LightGBM gradient boosting"),
+            *baselines,
+            *(Family(name, False, make(task), text) for name, make, text in _STRONGER),
         ]
-    },
-    "regression": {
-        f.name: f
-        for f in [
-            Family(
-                "mean",
-                True,
-                lambda seed: DummyRegressor(strategy="mean"),
-                "predicts the training mean (baseline)",
-            ),
-            Family(
-                "ridge",
-                True,
-                lambda seed: Ridge(alpha=1.0, random_state=seed),
-                "ridge regression (baseline)",
-            ),
-            Family(
-                "random_forest",
-                False,
-                lambda seed: RandomForestRegressor(
-                    n_estimators=200, random_state=seed, n_jobs=N_JOBS
-                ),
-                "random forest of 200 trees",
-            ),
-            Family(
-                "hist_gradient_boosting",
-                False,
-                lambda seed: HistGradientBoostingRegressor(random_state=seed),
-                "scikit-learn histogram gradient boosting",
-            ),
-            Family("lightgbm", False, _lgbm_regressor, "LightGBM gradient boosting"),
-        ]
-    },
+    }
+    for task, baselines in _BASELINES.items()
 }
 
 
