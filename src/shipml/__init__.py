@@ -8,7 +8,13 @@ model = project.load_model("champion")
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# LightGBM and scikit-learn's tree code use OpenMP, whose default spin-waiting makes two-thread
+# training several times slower as soon as another process shares the cores (see
+# benchmarks/omp_wait.py). Set before any of them is imported; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 __all__ = ["Project", "ShipmlError", "__version__"]
