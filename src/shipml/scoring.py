@@ -46,12 +46,16 @@ class Model:
     def _inputs(self, df: pd.DataFrame, source: str, allow_extra: bool) -> pd.DataFrame:
         return check_input(df, self.schema, source=source, allow_extra=allow_extra)
 
+    def _call(self, method: str, df: pd.DataFrame, source: str, allow_extra: bool) -> np.ndarray:
+        X = self._inputs(df, source, allow_extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(getattr(self.pipeline, method)(X))
+
     def predict(
         self, df: pd.DataFrame, source: str = "input", allow_extra: bool = True
     ) -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return np.asarray(self.pipeline.predict(self._inputs(df, source, allow_extra)))
+        return self._call("predict", df, source, allow_extra)
 
     def predict_proba(
         self, df: pd.DataFrame, source: str = "input", allow_extra: bool = True
@@ -61,9 +65,7 @@ class Model:
                 f"model version {self.version} is a regression model: it has no probabilities",
                 "use predict()",
             )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return np.asarray(self.pipeline.predict_proba(self._inputs(df, source, allow_extra)))
+        return self._call("predict_proba", df, source, allow_extra)
 
     def score(
         self, df: pd.DataFrame, source: str = "input", allow_extra: bool = False
