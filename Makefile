@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.shipml-installed
 DEMO_DIR ?= shipml-quickstart
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-fast lint format anchors bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,21 @@ format: install
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-bench: install  ## shipml vs the cheat-sheet recipe, side by side
+.bench/flaml/.installed: benchmarks/anchors/flaml-requirements.txt
+	$(PYTHON) -m venv .bench/flaml
+	.bench/flaml/bin/pip install --quiet -r benchmarks/anchors/flaml-requirements.txt
+	touch $@
+
+.bench/autogluon/.installed: benchmarks/anchors/autogluon-requirements.txt
+	$(PYTHON) -m venv .bench/autogluon
+	.bench/autogluon/bin/pip install --quiet torch==2.13.0
+	.bench/autogluon/bin/pip install --quiet -r benchmarks/anchors/autogluon-requirements.txt
+	touch $@
+
+anchors: .bench/flaml/.installed .bench/autogluon/.installed  ## FLAML and AutoGluon, each in its own venv
+
+bench: install anchors  ## shipml vs the cheat-sheet RF, FLAML and AutoGluon, side by side
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/train_quality.py
 
 clean:

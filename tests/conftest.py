@@ -90,6 +90,8 @@ def make_project(
     raw = yaml.safe_load(config.read_text())
     raw["training"]["cv"] = 3
     raw["training"]["time_budget_s"] = 120
+    # A couple of search trials exercise the search without filling the whole budget.
+    raw["training"]["trials"] = 2
     if edit:
         edit(raw)
     config.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -9,9 +9,11 @@ from sklearn.datasets import load_breast_cancer
 
 from shipml.config import FeaturesConfig
 from shipml.data.infer import infer_schema
-from shipml.features import build_model_pipeline, trusted_types_for
-from shipml.models.catalog import build_ensemble
+from shipml.features import trusted_types_for
+from shipml.models.bagged import BaggedEnsemble
+from shipml.models.catalog import CATALOG
 from shipml.training.ensemble import greedy_ensemble
+from shipml.training.folds import prepare_folds
 from shipml.training.leaderboard import CandidateResult, fold_metrics
 
 METRICS = ("accuracy",)
@@ -52,17 +54,41 @@ def test_no_ensemble_when_one_model_is_best_alone() -> None:
     assert greedy_ensemble([perfect], [y], CLASSES, "accuracy", METRICS) is None
 
 
-def test_ensemble_model_round_trips_through_skops() -> None:
+def test_bagged_ensemble_round_trips_through_skops_and_applies_its_threshold() -> None:
     data = load_breast_cancer(as_frame=True)
     df = data.frame
     schema = infer_schema(df, "target")
     X, y = df.drop(columns="target"), df["target"]
-    members = {"logistic_regression": 2, "lightgbm": 1}
-    pipeline = build_model_pipeline(
-        schema, FeaturesConfig(), build_ensemble("classification", members, 0)
+    folds = prepare_folds(X, y, schema, FeaturesConfig(), 3, 0, ordered=False)
+    catalog = CATALOG["classification"]
+    parts = []
+    for name in ("logistic_regression", "lightgbm"):
+        for k, fold in enumerate(folds.folds):
+            parts.append((name, k, catalog[name].build(0).fit(fold.X_train, fold.y_train)))
+    preprocessors = [f.preprocessor for f in folds.folds]
+    model = BaggedEnsemble(
+        "classification",
+        preprocessors,
+        parts,
+        {"logistic_regression": 2, "lightgbm": 1},
+        classes=folds.classes,
+        threshold=0.9,
     )
-    pipeline.fit(X, y)
-    blob = sio.dumps(pipeline)
+    proba = model.predict_proba(X)
+    # The weighted mean of each member's mean over its fold models.
+    expected = np.zeros_like(proba)
+    for name, weight in (("logistic_regression", 2 / 3), ("lightgbm", 1 / 3)):
+        member = [m for n, _, m in parts if n == name]
+        expected += weight * np.mean(
+            [m.predict_proba(p.transform(X)) for m, p in zip(member, preprocessors, strict=True)],
+            axis=0,
+        )
+    np.testing.assert_allclose(proba, expected)
+    np.testing.assert_array_equal(model.predict(X), np.where(proba[:, 1] >= 0.9, 1, 0))
+    assert (model.predict(X) != proba.argmax(axis=1)).any()  # the threshold changed some labels
+
+    blob = sio.dumps(model)
     loaded = sio.loads(blob, trusted=trusted_types_for(sio.get_untrusted_types(data=blob)))
-    np.testing.assert_array_equal(loaded.predict_proba(X), pipeline.predict_proba(X))
-    assert list(loaded.classes_) == [0, 1]
+    np.testing.assert_array_equal(loaded.predict_proba(X), proba)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    assert list(loaded.classes_) == [0, 1] and loaded.threshold == 0.9

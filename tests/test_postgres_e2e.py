@@ -29,7 +29,7 @@ def test_train_and_predict_from_postgres(tmp_path: Path) -> None:
         assert init.exit_code == 0, init.all
         raw = yaml.safe_load(config.read_text())
         assert raw["data"] == {"url": url, "query": query}
-        raw["training"].update(cv=3, models=["random_forest"])
+        raw["training"].update(cv=3, models=["random_forest"], trials=2)
         config.write_text(yaml.safe_dump(raw))
         trained = run_cli("train", "-c", config)
         assert trained.exit_code == 0, trained.all

@@ -141,9 +141,18 @@ def train(
             "--time-budget", help="Seconds for the whole run (default: from config).", min=1
         ),
     ] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            help="Run exactly this many search trials, whatever the clock says: with the same "
+            "seed, the same model (default: training.trials, else as many as the budget allows).",
+            min=0,
+        ),
+    ] = None,
 ) -> None:
-    """Validate the data, cross-validate baselines and stronger models, refit the best, score it
-    on the held-out split, track everything in MLflow and register it.
+    """Validate the data, cross-validate baselines and stronger models, search their
+    hyperparameters with Optuna, ensemble the best, score it on the held-out split, write an
+    HTML report, track everything in MLflow and register it.
 
     The first version becomes the champion; later ones become the challenger.
 
@@ -152,6 +161,8 @@ def train(
     from shipml.console import train_progress, train_summary
 
     project = _project(config)
+    if trials is not None:
+        project.config.training.trials = trials
     with train_progress() as progress:
         result = project.train(time_budget=time_budget, data=data, on_event=progress)
     train_summary(result)
@@ -275,6 +286,35 @@ def rollback(config: ConfigOpt = Path("shipml.yaml")) -> None:
     project = _project(config)
     old, new = project.rollback()
     console.print(f"[bold green]✓[/] champion rolled back from version {old} to version {new}.")
+
+
+@app.command()
+@handle_errors
+def report(
+    config: ConfigOpt = Path("shipml.yaml"),
+    alias: AliasOpt = "champion",
+    version: VersionOpt = None,
+    open_: Annotated[
+        bool, typer.Option("--open", help="Also open the report in the default web browser.")
+    ] = False,
+) -> None:
+    """Print the path of a version's HTML training report (one self-contained file: data
+    summary, validation findings, leaderboard, test metrics, diagnostic plots, feature
+    importance, learning curves and the search history).
+
+    A report that is not in this project's .shipml/reports/ (a version trained on another
+    machine against a shared tracking server) is fetched from the version's MLflow run.
+
+    Example: `shipml report --version 2 --open`
+    """
+    project = _project(config)
+    path = project.report(_ref(alias, version))
+    print(path)
+    if open_:
+        import webbrowser
+
+        if not webbrowser.open(path.as_uri()):
+            console.print("[yellow]no web browser found: open the file above by hand[/]")
 
 
 @app.command()

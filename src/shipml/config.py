@@ -73,6 +73,35 @@ class TrainingConfig(_Strict):
     metric: str | None = None
     time_budget_s: float = Field(default=120.0, gt=0)
     seed: int = 42
+    # optuna: TPE search per family after the defaults; grid: every param_grid combination;
+    # none: the defaults only.
+    search: Literal["optuna", "grid", "none"] = "optuna"
+    # A fixed number of search trials (beyond the defaults): the clock no longer stops the
+    # search, so a fixed seed reproduces the result.
+    trials: int | None = Field(default=None, ge=0, le=100_000)
+    # For search: grid. Either {family: {param: [values]}} or, cheat-sheet style, {param: [values]}
+    # for every family that takes all those parameters.
+    param_grid: dict[str, Any] = Field(default_factory=dict)
+    ensemble: bool = True
+    class_weight: Literal["auto", "balanced", "none"] = "auto"
+    # Binary problems: auto picks the decision threshold on out-of-fold predictions; none keeps
+    # 0.5; a number fixes it.
+    threshold: Literal["auto", "none"] | float = "auto"
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_in_range(cls, value: str | float) -> str | float:
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError("a fixed threshold must be between 0 and 1")
+        return value
+
+    @model_validator(mode="after")
+    def _grid_needs_search_grid(self) -> TrainingConfig:
+        if self.search == "grid" and not self.param_grid:
+            raise ValueError("search: grid needs a param_grid, e.g. {n_estimators: [100, 300]}")
+        if self.param_grid and self.search != "grid":
+            raise ValueError("param_grid is only used with search: grid; set search: grid")
+        return self
 
     @field_validator("metric")
     @classmethod

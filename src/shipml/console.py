@@ -76,17 +76,32 @@ def validation_table(report: ValidationReport) -> Table | None:
     return table
 
 
-def leaderboard_table(board: Leaderboard) -> Table:
-    table = Table(
-        title=f"Leaderboard (cross-validated, ranked by {board.metric})", title_justify="left"
-    )
+def leaderboard_table(board: Leaderboard, all_trials: bool = False) -> Table:
+    """The leaderboard: each family's best trial (all trials with ``all_trials``), the
+    baselines and the ensemble."""
+    records = board.to_records()
+    trials: dict[str, int] = {}
+    for row in records:
+        if row["family"] and row["status"] != "skipped":
+            trials[row["family"]] = trials.get(row["family"], 0) + 1
+    shown: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for row in records:
+        family = row["family"]
+        if all_trials or not family or family not in seen:
+            shown.append(row)
+            seen.add(family)
+    title = f"Leaderboard (cross-validated, ranked by {board.metric})"
+    if not all_trials and len(shown) < len(records):
+        title += f": best of {len(records)} candidates per family"
+    table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("model")
     for m in board.metrics:
         table.add_column(m, justify="right")
     table.add_column("time", justify="right")
     table.add_column("note")
-    for row in board.to_records():
+    for row in shown:
         cells = []
         for m in board.metrics:
             mean, std = row[f"{m}_mean"], row[f"{m}_std"]
@@ -95,6 +110,8 @@ def leaderboard_table(board: Leaderboard) -> Table:
         style = "bold green" if row["rank"] == 1 else ("dim" if row["rank"] is None else "")
         members = " + ".join(f"{n} ×{w}" for n, w in row["members"].items())
         note = row["reason"] or members or ("" if row["status"] == "ok" else row["status"])
+        if not all_trials and trials.get(row["family"], 0) > 1:
+            note = (note + "; " if note else "") + f"best of {trials[row['family']]} trials"
         table.add_row(
             str(row["rank"] or ""), name, *cells, f"{row['fit_seconds']:.1f}s", note, style=style
         )
@@ -130,10 +147,19 @@ def train_summary(result: TrainResult) -> None:
         f"[bold]{result.version}[/] ({result.best}, test {result.metric} = "
         f"{fmt(result.test_metrics.get(result.metric))}): {alias_note}."
     )
+    extras = []
+    if result.search_trials:
+        extras.append(f"{result.search_trials} search trials")
+    if result.threshold is not None:
+        extras.append(f"decision threshold {result.threshold:.3g} (chosen on out-of-fold data)")
+    if extras:
+        console.print("  " + " · ".join(extras))
     console.print(
         f"  took {result.elapsed_s:.1f}s of a {result.budget_s:.0f}s budget · MLflow run "
         f"{result.run_id} · validation report {result.paths['validation_report']}"
     )
+    if "report" in result.paths:
+        console.print(f"  report: {result.paths['report']}")
 
 
 def versions_table(name: str, versions: list[VersionInfo]) -> Table:

@@ -8,6 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from shipml import registry
 from shipml.config import ProjectConfig, load_config
+from shipml.errors import RegistryError
+
+
+def report_file(root: Path, name: str, version: int) -> Path:
+    """Where a version's HTML report lives in the project."""
+    return root / ".shipml" / "reports" / f"{name}-v{version}.html"
+
 
 if TYPE_CHECKING:  # imported where used: `shipml models` need not load scikit-learn's metrics
     import pandas as pd
@@ -80,6 +87,20 @@ class Project:
         from shipml.scoring import evaluate
 
         return evaluate(self.load_model(ref), df, source)
+
+    def report(self, ref: str | int = "champion") -> Path:
+        """The HTML training report of a registered version (fetched from its MLflow run when
+        it is not in this project's .shipml/reports/)."""
+        version = registry.resolve(self.store, ref)
+        path = report_file(self.root, self.config.name, version)
+        if path.is_file():
+            return path
+        if registry.fetch_artifact(self.store, version, f"report/{path.name}", path.parent):
+            return path
+        raise RegistryError(
+            f"version {version} of '{self.config.name}' has no report",
+            "versions trained before shipml wrote reports have none: retrain to get one",
+        )
 
     def __repr__(self) -> str:
         return f"Project(name={self.config.name!r}, path={str(self.path)!r})"

@@ -375,6 +375,31 @@ def _get_version(store: Store, version: int) -> Any:
         ) from None
 
 
+def fetch_artifact(store: Store, version: int, artifact: str, dst_dir: Path) -> bool:
+    """Download one artifact of the run that produced ``version`` into ``dst_dir`` (atomically);
+    False when the run has no such artifact."""
+    run_id = _get_version(store, version).run_id
+    if not run_id:
+        return False
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".fetch-", dir=dst_dir)
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=artifact,
+                dst_path=scratch,
+                tracking_uri=store.tracking_uri,
+            )
+        )
+        os.replace(local, dst_dir / local.name)
+        return True
+    except (MlflowException, OSError):
+        return False
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def resolve(store: Store, ref: str | int) -> int:
     """A version number from 'champion', 'challenger' or a number."""
     if isinstance(ref, int) or str(ref).isdigit():

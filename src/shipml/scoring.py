@@ -79,7 +79,9 @@ class Model:
             if self.schema.task == "classification":
                 proba = np.asarray(self.pipeline.predict_proba(X))
                 classes = self.classes or []
-                winner = proba.argmax(axis=1)
+                # predict applies the model's decision threshold (binary problems).
+                labels = np.asarray(self.pipeline.predict(X))
+                winner = _class_index(labels, np.asarray(self.pipeline.classes_))
                 out["prediction"] = [classes[i] for i in winner]
                 out["probability"] = proba[np.arange(len(proba)), winner]
                 for i, c in enumerate(classes):
@@ -123,8 +125,8 @@ def evaluate(model: Model, df: pd.DataFrame, source: str = "input") -> Evaluatio
                 f"the model knows: {', '.join(map(str, classes))}",
             )
         proba = model.predict_proba(df, source)
-        # Index the fitted labels themselves, so 0/1 labels stay integers for the metrics.
-        predictions = np.asarray(model.pipeline.classes_)[proba.argmax(axis=1)]
+        # The model's own labels (0/1 stay integers), after its decision threshold.
+        predictions = model.predict(df, source)
         metrics = classification_metrics(y, predictions, proba, classes)
         extras = {
             "confusion_matrix": confusion(y, predictions, classes),
@@ -150,6 +152,11 @@ def _align_labels(y: pd.Series, classes: list[Any]) -> pd.Series:
     """Labels read from a file may come back as another type than at training ('1' vs 1)."""
     by_text = {str(c): c for c in classes}
     return y.map(lambda v: by_text.get(str(v), v))
+
+
+def _class_index(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The column of each predicted label in ``classes`` (sorted, as scikit-learn keeps them)."""
+    return np.searchsorted(classes, labels)
 
 
 def _plain(value: Any) -> Any:

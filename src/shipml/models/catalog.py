@@ -1,14 +1,20 @@
-"""The catalog of model families shipml trains: baselines first, then stronger, cheapest first."""
+"""The catalog of model families shipml trains: baselines first, then stronger, cheapest first.
+
+Each family has default hyperparameters (its first, untuned candidate) and a search space that
+Optuna samples from (`shipml.training.search`); `training.search: grid` uses the same builders.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from sklearn.base import BaseEstimator
 from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    ExtraTreesRegressor,
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
     RandomForestClassifier,
@@ -18,95 +24,227 @@ from sklearn.linear_model import LogisticRegression, Ridge
 
 from shipml.errors import ConfigError
 
+if TYPE_CHECKING:
+    import optuna
+
 N_JOBS = 2  # the machines shipml targets by default have two cores; tree ensembles use both
+
+Params = dict[str, Any]
+Space = Callable[["optuna.Trial"], Params]
 
 
 @dataclass(frozen=True)
 class Family:
-    """A model family: how to build its estimator for one task, and whether it is a baseline."""
+    """A model family: its estimator for one task, default hyperparameters and search space."""
 
     name: str
     baseline: bool
-    build: Callable[[int], BaseEstimator]
+    make: Callable[[Params, int], BaseEstimator]
     description: str
+    defaults: Params = field(default_factory=dict)
+    space: Space | None = None
+    # Whether the final model averages the cross-validation fold models (bagging, as AutoGluon
+    # does) rather than refitting once: not for forests, which are bagged already and large.
+    bag: bool = True
+    class_weight: bool = False  # takes class_weight="balanced"
+    # Hand-picked configurations the search tries first, after the defaults (points of the
+    # space): strong starting points for different kinds of data, as AutoGluon's portfolios.
+    portfolio: tuple[Params, ...] = ()
+
+    def build(self, seed: int, params: Params | None = None) -> BaseEstimator:
+        return self.make({**self.defaults, **(params or {})}, seed)
 
 
-def _lightgbm(task: str) -> Callable[[int], BaseEstimator]:
-    def build(seed: int) -> BaseEstimator:
+def _lightgbm(task: str) -> Callable[[Params, int], BaseEstimator]:
+    def make(params: Params, seed: int) -> BaseEstimator:
         from lightgbm import LGBMClassifier, LGBMRegressor
 
-        params: dict[str, Any] = {
-            "n_estimators": 300,
-            "learning_rate": 0.05,
-            "num_leaves": 31,
-            "subsample": 0.8,
-            "subsample_freq": 1,
-            "colsample_bytree": 0.8,
-            "n_jobs": N_JOBS,
-            "verbose": -1,
-            "random_state": seed,
-        }
-        return LGBMClassifier(**params) if task == "classification" else LGBMRegressor(**params)
+        fixed = {"subsample_freq": 1, "n_jobs": N_JOBS, "verbose": -1, "random_state": seed}
+        cls = LGBMClassifier if task == "classification" else LGBMRegressor
+        return cls(**{**params, **fixed})
 
-    return build
+    return make
 
 
-def _random_forest(task: str) -> Callable[[int], BaseEstimator]:
-    cls = RandomForestClassifier if task == "classification" else RandomForestRegressor
-    return lambda seed: cls(n_estimators=200, random_state=seed, n_jobs=N_JOBS)
+def _lightgbm_space(trial: optuna.Trial) -> Params:
+    return {
+        "n_estimators": trial.suggest_int("n_estimators", 100, 1000, step=50),
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
+        "num_leaves": trial.suggest_int("num_leaves", 7, 127, log=True),
+        "min_child_samples": trial.suggest_int("min_child_samples", 3, 100, log=True),
+        "subsample": trial.suggest_float("subsample", 0.5, 1.0),
+        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.3, 1.0),
+        "reg_lambda": trial.suggest_float("reg_lambda", 1e-8, 10.0, log=True),
+    }
 
 
-def _hist_gradient_boosting(task: str) -> Callable[[int], BaseEstimator]:
-    if task == "classification":
-        return lambda seed: HistGradientBoostingClassifier(random_state=seed)
-    return lambda seed: HistGradientBoostingRegressor(random_state=seed)
+def _forest(
+    classifier: type[BaseEstimator], regressor: type[BaseEstimator], task: str
+) -> Callable[[Params, int], BaseEstimator]:
+    cls = classifier if task == "classification" else regressor
+    return lambda params, seed: cls(**params, random_state=seed, n_jobs=N_JOBS)
 
 
-_STRONGER = (
-    ("random_forest", _random_forest, "random forest of 200 trees"),
-    ("hist_gradient_boosting", _hist_gradient_boosting, "scikit-learn histogram gradient boosting"),
-    ("lightgbm", _lightgbm, "LightGBM gradient boosting"),
-)
+def _forest_space(trial: optuna.Trial) -> Params:
+    return {
+        "n_estimators": trial.suggest_int("n_estimators", 100, 400, step=50),
+        "max_features": trial.suggest_categorical("max_features", ["sqrt", 0.3, 0.5, 0.8, 1.0]),
+        "min_samples_leaf": trial.suggest_int("min_samples_leaf", 1, 16, log=True),
+    }
+
+
+def _hist_gradient_boosting(task: str) -> Callable[[Params, int], BaseEstimator]:
+    cls = (
+        HistGradientBoostingClassifier
+        if task == "classification"
+        else HistGradientBoostingRegressor
+    )
+    return lambda params, seed: cls(**params, random_state=seed)
+
+
+def _hgb_space(trial: optuna.Trial) -> Params:
+    return {
+        "max_iter": trial.suggest_int("max_iter", 100, 600, step=50),
+        "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.3, log=True),
+        "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 7, 127, log=True),
+        "min_samples_leaf": trial.suggest_int("min_samples_leaf", 3, 100, log=True),
+        "l2_regularization": trial.suggest_float("l2_regularization", 1e-8, 10.0, log=True),
+    }
+
+
+def _logistic_space(trial: optuna.Trial) -> Params:
+    return {"C": trial.suggest_float("C", 1e-3, 100.0, log=True)}
+
+
+def _ridge_space(trial: optuna.Trial) -> Params:
+    return {"alpha": trial.suggest_float("alpha", 1e-3, 1e3, log=True)}
+
+
+def _stronger(task: str) -> list[Family]:
+    # Defaults name every hyperparameter of the space: they are the search's first trial.
+    forest = {
+        "n_estimators": 200,
+        "max_features": "sqrt" if task == "classification" else 1.0,
+        "min_samples_leaf": 1,
+    }
+    return [
+        Family(
+            "random_forest",
+            False,
+            _forest(RandomForestClassifier, RandomForestRegressor, task),
+            "random forest",
+            forest,
+            _forest_space,
+            bag=False,
+            class_weight=True,
+        ),
+        Family(
+            "extra_trees",
+            False,
+            _forest(ExtraTreesClassifier, ExtraTreesRegressor, task),
+            "extremely randomised trees",
+            forest,
+            _forest_space,
+            bag=False,
+            class_weight=True,
+        ),
+        Family(
+            "hist_gradient_boosting",
+            False,
+            _hist_gradient_boosting(task),
+            "scikit-learn histogram gradient boosting",
+            {
+                "max_iter": 100,
+                "learning_rate": 0.1,
+                "max_leaf_nodes": 31,
+                "min_samples_leaf": 20,
+                "l2_regularization": 1e-8,
+            },
+            _hgb_space,
+            bag=False,  # refitted once: five fold copies of hundreds of trees save and load slowly
+            class_weight=True,
+        ),
+        Family(
+            "lightgbm",
+            False,
+            _lightgbm(task),
+            "LightGBM gradient boosting",
+            {
+                "n_estimators": 300,
+                "learning_rate": 0.05,
+                "num_leaves": 31,
+                "min_child_samples": 20,
+                "subsample": 0.8,
+                "colsample_bytree": 0.8,
+                "reg_lambda": 1e-8,
+            },
+            _lightgbm_space,
+            class_weight=True,
+            portfolio=(
+                # Noisy targets: shallow, slow, heavily subsampled.
+                {
+                    "n_estimators": 500,
+                    "learning_rate": 0.02,
+                    "num_leaves": 15,
+                    "min_child_samples": 50,
+                    "subsample": 0.7,
+                    "colsample_bytree": 0.5,
+                    "reg_lambda": 1.0,
+                },
+                # Clean, structured targets: many leaves, small leaves.
+                {
+                    "n_estimators": 400,
+                    "learning_rate": 0.03,
+                    "num_leaves": 127,
+                    "min_child_samples": 3,
+                    "subsample": 0.9,
+                    "colsample_bytree": 0.9,
+                    "reg_lambda": 1e-8,
+                },
+            ),
+        ),
+    ]
+
+
 _BASELINES = {
     "classification": (
         Family(
             "majority",
             True,
-            lambda seed: DummyClassifier(strategy="prior"),
+            lambda params, seed: DummyClassifier(strategy="prior"),
             "predicts the class shares of the training data (baseline)",
         ),
         Family(
             "logistic_regression",
             True,
-            lambda seed: LogisticRegression(max_iter=2000, random_state=seed),
+            lambda params, seed: LogisticRegression(max_iter=2000, random_state=seed, **params),
             "L2-regularised logistic regression (baseline)",
+            {"C": 1.0},
+            _logistic_space,
+            class_weight=True,
         ),
     ),
     "regression": (
         Family(
             "mean",
             True,
-            lambda seed: DummyRegressor(strategy="mean"),
+            lambda params, seed: DummyRegressor(strategy="mean"),
             "predicts the training mean (baseline)",
         ),
         Family(
             "ridge",
             True,
-            lambda seed: Ridge(alpha=1.0, random_state=seed),
+            lambda params, seed: Ridge(random_state=seed, **params),
             "ridge regression (baseline)",
+            {"alpha": 1.0},
+            _ridge_space,
         ),
     ),
 }
 
 # Per task, in the order they are tried: baselines first, then the stronger families.
 CATALOG: dict[str, dict[str, Family]] = {
-    task: {
-        f.name: f
-        for f in [
-            *baselines,
-            *(Family(name, False, make(task), text) for name, make, text in _STRONGER),
-        ]
-    }
+    task: {f.name: f for f in [*baselines, *_stronger(task)]}
     for task, baselines in _BASELINES.items()
 }
 
@@ -130,13 +268,68 @@ def families_for(task: str, models: str | list[str]) -> list[Family]:
     return [f for f in catalog.values() if f.baseline or f.name in models]
 
 
-def build_ensemble(task: str, members: dict[str, int], seed: int) -> BaseEstimator:
-    """The soft-voting ensemble the leaderboard's 'ensemble' entry stands for."""
-    from sklearn.ensemble import VotingClassifier, VotingRegressor
+def resolve_grid(
+    task: str, families: list[Family], param_grid: dict[str, Any]
+) -> dict[str, dict[str, list[Any]]]:
+    """``training.param_grid`` as {family: {param: values}}, checked against the estimators.
 
+    A grid keyed by family names is taken as it is; a flat, cheat-sheet style grid
+    ({n_estimators: [...], max_depth: [...]}) applies to every chosen non-baseline family whose
+    estimator takes all of its parameters."""
     catalog = CATALOG[task]
-    estimators = [(name, catalog[name].build(seed)) for name in members]
-    weights = [members[name] for name in members]
-    if task == "classification":
-        return VotingClassifier(estimators, voting="soft", weights=weights)
-    return VotingRegressor(estimators, weights=weights)
+    chosen = {f.name: f for f in families}
+    keyed = [k for k in param_grid if k in catalog]
+    if keyed and len(keyed) != len(param_grid):
+        other = next(k for k in param_grid if k not in catalog)
+        raise ConfigError(
+            f"training.param_grid mixes model families and parameters ('{keyed[0]}', '{other}')",
+            "key it by family ({random_forest: {max_depth: [...]}}) or give parameters only",
+        )
+    if keyed:
+        grids = {}
+        for name, grid in param_grid.items():
+            if name not in chosen:
+                raise ConfigError(
+                    f"training.param_grid.{name}: '{name}' is not among training.models",
+                    "add it to training.models or remove it from the grid",
+                )
+            if not isinstance(grid, dict):
+                raise ConfigError(
+                    f"training.param_grid.{name}: expected a mapping of parameter: [values]",
+                    "for example {max_depth: [null, 10, 20]}",
+                )
+            grids[name] = _checked_grid(chosen[name], grid, f"training.param_grid.{name}")
+        return grids
+    _checked_values(param_grid, "training.param_grid")
+    takers = [
+        f
+        for f in families
+        if not f.baseline and set(param_grid) <= set(f.build(0).get_params(deep=False))
+    ]
+    if not takers:
+        raise ConfigError(
+            f"training.param_grid: no model family takes all of {', '.join(param_grid)}",
+            "key the grid by family, e.g. {random_forest: {n_estimators: [100, 300]}}",
+        )
+    return {f.name: dict(param_grid) for f in takers}
+
+
+def _checked_values(grid: dict[str, Any], where: str) -> None:
+    for param, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(
+                f"{where}.{param}: expected a non-empty list of values (got {values!r})",
+                f"for example {param}: [{values!r}]" if values is not None else None,
+            )
+
+
+def _checked_grid(family: Family, grid: dict[str, Any], where: str) -> dict[str, list[Any]]:
+    _checked_values(grid, where)
+    known = family.build(0).get_params(deep=False)
+    for param in grid:
+        if param not in known:
+            raise ConfigError(
+                f"{where}.{param}: not a parameter of {type(family.build(0)).__name__}",
+                f"its parameters: {', '.join(sorted(known))}",
+            )
+    return dict(grid)

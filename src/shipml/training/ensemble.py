@@ -85,4 +85,5 @@ def greedy_ensemble(
         fold_scores=_score(outputs, targets, classes, metrics),
         fit_seconds=sum(r.fit_seconds for r in pool if r.name in members),
         members=members,
+        fold_outputs=outputs,
     )

@@ -12,7 +12,7 @@ import pandas as pd
 
 from shipml.evaluation.metrics import METRICS, classification_metrics, regression_metrics
 
-Status = Literal["ok", "failed", "skipped", "stopped"]
+Status = Literal["ok", "failed", "skipped", "stopped", "pruned"]
 
 
 @dataclass
@@ -29,6 +29,11 @@ class CandidateResult:
     reason: str = ""
     members: dict[str, int] = field(default_factory=dict)  # ensemble members and weights
     fold_outputs: list[np.ndarray] = field(default_factory=list, repr=False)
+    family: str = ""  # the catalog family ("" for the ensemble)
+    trial: int = 0  # 0: the family's default hyperparameters; then search trials in order
+    config: dict[str, Any] = field(default_factory=dict)  # what Family.build was given
+    started_s: float = 0.0  # seconds into the search when it started
+    fold_models: list[Any] = field(default_factory=list, repr=False)
 
     def mean(self, metric: str) -> float:
         values = self.fold_scores.get(metric) or [math.nan]
@@ -76,6 +81,9 @@ class Leaderboard:
                 "status": r.status,
                 "reason": r.reason,
                 "members": dict(r.members),
+                "family": r.family,
+                "trial": r.trial,
+                "config": dict(r.config),
                 "fit_seconds": round(r.fit_seconds, 3),
             }
             for m in self.metrics:

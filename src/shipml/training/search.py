@@ -1,29 +1,49 @@
-"""Cross-validate candidate model families inside a time budget and rank them in a leaderboard."""
+"""Cross-validate candidate models inside a time budget and rank them in a leaderboard.
+
+First every family's default hyperparameters (baselines always, then the stronger families,
+cheapest first), then a search over each family's space, then a greedy weighted ensemble of the
+best candidates. The search is one of:
+
+- ``optuna`` (default): a TPE study per family, seeded; each trial is cross-validated fold by
+  fold and pruned (median rule) when its running score falls behind the family's earlier trials.
+  A family's hand-picked portfolio configurations go first; then trials go to families in
+  proportion to their standing: the best family gets four turns for each one the third gets.
+  Without ``training.trials`` it runs while the budget lasts; with it, it runs exactly that many
+  trials and ignores the clock, so a fixed seed gives the same result.
+- ``grid``: every combination of ``training.param_grid``, in order, while the budget lasts.
+- ``none``: the defaults only.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
-from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold, TimeSeriesSplit
+from sklearn.model_selection import ParameterGrid
 
-from shipml.config import FeaturesConfig
-from shipml.data.schema import Schema
-from shipml.features import build_model_pipeline
-from shipml.models.catalog import Family
+from shipml.config import TrainingConfig
+from shipml.evaluation.metrics import METRICS
+from shipml.models.catalog import Family, Params
 from shipml.training.ensemble import greedy_ensemble
+from shipml.training.folds import FoldSet
 from shipml.training.leaderboard import CandidateResult, Leaderboard, fold_metrics, fold_output
 
 EventHandler = Callable[..., None]
-SMALL_TABLE_ROWS = 1000
 
 CLASSIFICATION_CV_METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1_macro", "log_loss")
 REGRESSION_CV_METRICS = ("rmse", "mae", "r2")
+KEEP_MODELS = 10  # candidates whose fold models are kept for the final (bagged) model
+TURNS = (4, 2, 1)  # search turns per round for the best, second and other families
+# A search trial may cost more than the default it starts from (more trees, more leaves).
+TRIAL_COST_FACTOR = 2.0
 
 
 def cv_metrics(task: str, primary: str) -> tuple[str, ...]:
@@ -32,96 +52,349 @@ def cv_metrics(task: str, primary: str) -> tuple[str, ...]:
     return (primary, *[m for m in pool if m != primary])
 
 
-def folds_for(
-    schema: Schema, y: pd.Series, cv: int, seed: int, ordered: bool
-) -> RepeatedKFold | RepeatedStratifiedKFold | TimeSeriesSplit:
-    """Stratified folds for classification, shuffled k-fold for regression, forward in time."""
-    if ordered:
-        return TimeSeriesSplit(n_splits=cv)
-    # On small tables one k-fold pass is a noisy judge of which model is best: repeat it.
-    repeats = 3 if len(y) < SMALL_TABLE_ROWS else 1
-    if schema.task == "classification":
-        smallest = int(y.value_counts().min())
-        k = max(2, min(cv, smallest))
-        return RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
-    return RepeatedKFold(n_splits=cv, n_repeats=repeats, random_state=seed)
+@dataclass
+class SearchResult:
+    """The leaderboard and what building the final model needs."""
+
+    leaderboard: Leaderboard
+    folds: FoldSet
+    history: list[dict[str, Any]] = field(default_factory=list)
+    trials: int = 0  # search trials run after the defaults
 
 
-def run_candidates(
-    families: list[Family],
-    X: pd.DataFrame,
-    y: pd.Series,
-    schema: Schema,
-    features: FeaturesConfig,
-    metric: str,
-    cv: int,
-    seed: int,
-    deadline: float,
-    ordered: bool = False,
-    on_event: EventHandler | None = None,
-) -> Leaderboard:
-    """Cross-validate each family in order. Baselines always run; the others run while the
-    budget allows, and a candidate is stopped early when its remaining folds and its refit would
-    not finish before ``deadline`` (a ``time.monotonic()`` value)."""
-    emit = on_event or (lambda *a, **k: None)
-    metrics = cv_metrics(schema.task, metric)
-    splitter = folds_for(schema, y, cv, seed, ordered)
-    splits = list(splitter.split(X, y))
-    # Every classifier sorts its labels the same way, so probability columns line up across
-    # candidates (the ensemble relies on it).
-    classes = np.unique(y.to_numpy()) if schema.task == "classification" else None
-    results: list[CandidateResult] = []
-    for family in families:
-        estimator = family.build(seed)
+class _Pruned(Exception):
+    pass
+
+
+class Search:
+    """One training's search: holds the folds, the results so far and the clock."""
+
+    def __init__(
+        self,
+        families: list[Family],
+        folds: FoldSet,
+        task: str,
+        metric: str,
+        training: TrainingConfig,
+        deadline: float,
+        class_weight: str | None,
+        on_event: EventHandler | None = None,
+        reserve: Callable[[list[CandidateResult]], float] | None = None,
+    ) -> None:
+        self.families = families
+        self.folds = folds
+        self.task = task
+        self.metric = metric
+        self.metrics = cv_metrics(task, metric)
+        self.training = training
+        self.seed = training.seed
+        self.deadline = deadline
+        self.class_weight = class_weight  # "balanced" for the defaults, or None
+        self.emit = on_event or (lambda *a, **k: None)
+        self.reserve = reserve or (lambda results: 0.0)
+        self.sign = 1.0 if METRICS[metric].greater_is_better else -1.0
+        self.results: list[CandidateResult] = []
+        self.started = time.monotonic()
+        self.trials = 0
+
+    # --- one candidate ---------------------------------------------------------------------
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic() - self.reserve(self.results)
+
+    def evaluate(
+        self,
+        family: Family,
+        trial: int,
+        config: Params,
+        report: Callable[[int, float], bool] | None = None,
+        budgeted: bool = True,
+    ) -> CandidateResult:
+        """Cross-validate ``family`` with ``config`` fold by fold. ``report(step, value)``
+        returning True prunes it; with ``budgeted``, it stops when the clock says its
+        remaining folds would not finish in time."""
+        name = family.name if trial == 0 else f"{family.name}#{trial}"
+        estimator = family.build(self.seed, config)
         result = CandidateResult(
-            family.name, family.description, family.baseline, _plain_params(estimator)
+            name,
+            family.description,
+            family.baseline,
+            _plain_params(estimator),
+            family=family.name,
+            trial=trial,
+            config=dict(config),
+            started_s=time.monotonic() - self.started,
         )
-        results.append(result)
-        if not family.baseline and time.monotonic() >= deadline:
-            result.status, result.reason = "skipped", "time budget used up"
-            emit("candidate_done", result=result, folds=len(splits), metric=metric)
-            continue
-        emit("candidate_start", name=family.name, folds=len(splits))
+        self.results.append(result)
+        n = len(self.folds)
+        self.emit("candidate_start", name=name, folds=n)
         started = time.monotonic()
-        for i, (train_idx, valid_idx) in enumerate(splits):
-            pipeline = build_model_pipeline(schema, features, clone(estimator))
+        models = []
+        for i, fold in enumerate(self.folds.folds):
+            model = clone(estimator)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    pipeline.fit(X.iloc[train_idx], y.iloc[train_idx])
-                    output = fold_output(pipeline, X.iloc[valid_idx], schema.task)
-                    scores = fold_metrics(y.iloc[valid_idx], output, classes, metrics)
-            except Exception as err:  # a failing family must not end the whole training
+                    model.fit(fold.X_train, fold.y_train)
+                    output = fold_output(model, fold.X_valid, self.task)
+                    scores = fold_metrics(fold.y_valid, output, self.folds.classes, self.metrics)
+            except Exception as err:  # a failing candidate must not end the whole training
                 result.status = "failed"
                 result.reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
                 break
             result.fold_outputs.append(output)
+            models.append(model)
             for m, v in scores.items():
                 result.fold_scores.setdefault(m, []).append(v)
-            emit("fold_done", name=family.name, fold=i + 1, score=scores[metric])
-            elapsed = time.monotonic() - started
-            per_fold = elapsed / (i + 1)
-            left = len(splits) - (i + 1)
-            if not family.baseline and time.monotonic() + per_fold * (left + 1.25) > deadline:
-                if left:
-                    result.status = "stopped"
-                    result.reason = f"time budget: stopped after {i + 1}/{len(splits)} folds"
-                else:
-                    result.status = "stopped"
-                    result.reason = "time budget: no time left to refit it"
+            self.emit("fold_done", name=name, fold=i + 1, score=scores[self.metric])
+            if report is not None and i + 1 < n and report(i, self.sign * result.mean(self.metric)):
+                result.status, result.reason = "pruned", f"pruned after {i + 1}/{n} folds"
+                break
+            per_fold = (time.monotonic() - started) / (i + 1)
+            left = n - (i + 1)
+            if budgeted and left and per_fold * left > self.time_left():
+                result.status = "stopped"
+                result.reason = f"time budget: stopped after {i + 1}/{n} folds"
                 break
         result.fit_seconds = time.monotonic() - started
-        emit("candidate_done", result=result, folds=len(splits), metric=metric)
-    ensemble = greedy_ensemble(results, [y.iloc[v] for _, v in splits], classes, metric, metrics)
-    if ensemble is not None:
-        refit = sum(r.fit_seconds / len(splits) for r in results if r.name in ensemble.members)
-        if time.monotonic() + 1.25 * refit > deadline:
-            ensemble.status, ensemble.reason = "skipped", "time budget: no time left to refit it"
-        results.append(ensemble)
-        emit("candidate_done", result=ensemble, folds=len(splits), metric=metric)
-    return Leaderboard(metric=metric, metrics=metrics, results=results)
+        if result.status == "ok" and family.bag and not self.folds.ordered:
+            # One pass over the rows is enough to bag; more would only slow predictions down.
+            result.fold_models = models[: self.folds.per_repeat]
+            self._keep_best_models()
+        self.emit("candidate_done", result=result, folds=n, metric=self.metric)
+        return result
+
+    def _keep_best_models(self) -> None:
+        """Fold models cost memory: only the best few candidates keep theirs."""
+        holders = [r for r in self.results if r.fold_models]
+        holders.sort(key=lambda r: -self.sign * r.mean(self.metric))
+        for r in holders[KEEP_MODELS:]:
+            r.fold_models = []
+
+    def skipped(self, family: Family, reason: str) -> None:
+        result = CandidateResult(
+            family.name, family.description, family.baseline, {}, family=family.name
+        )
+        result.status, result.reason = "skipped", reason
+        self.results.append(result)
+        self.emit("candidate_done", result=result, folds=len(self.folds), metric=self.metric)
+
+    # --- the phases ------------------------------------------------------------------------
+
+    def defaults_config(self, family: Family) -> Params:
+        config = dict(family.defaults)
+        if family.class_weight and self.class_weight:
+            config["class_weight"] = self.class_weight
+        return config
+
+    def run_defaults(self) -> None:
+        for family in self.families:
+            if not family.baseline and self.time_left() <= 0:
+                self.skipped(family, "time budget used up")
+                continue
+            self.evaluate(family, 0, self.defaults_config(family), budgeted=not family.baseline)
+
+    def cost(self, family: Family) -> float:
+        """Seconds one more trial of ``family`` is expected to take."""
+        runs = [r for r in self.results if r.family == family.name and r.status == "ok"]
+        if not runs:
+            return math.inf
+        tuned = [r.fit_seconds for r in runs if r.trial > 0]
+        if tuned:
+            return float(np.mean(tuned))
+        return TRIAL_COST_FACTOR * runs[0].fit_seconds
+
+    def best_of(self, family: Family) -> float:
+        scores = [
+            self.sign * r.mean(self.metric)
+            for r in self.results
+            if r.family == family.name and r.status == "ok"
+        ]
+        return max(scores) if scores else -math.inf
+
+    def next_family(self, candidates: list[Family], turns_taken: dict[str, int]) -> Family:
+        ranked = sorted(candidates, key=lambda f: -self.best_of(f))
+        turns = {f.name: TURNS[min(i, len(TURNS) - 1)] for i, f in enumerate(ranked)}
+        # The family furthest behind its share goes next; catalog order breaks ties.
+        return min(candidates, key=lambda f: (turns_taken[f.name] + 1) / turns[f.name])
+
+    def run_optuna(self, fixed_trials: int | None) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(logging.WARNING)
+        tunable = [
+            f
+            for f in self.families
+            if f.space is not None
+            and any(r.family == f.name and r.status == "ok" for r in self.results)
+        ]
+        if not tunable:
+            return
+        studies = {}
+        for i, family in enumerate(self.families):
+            if family in tunable:
+                studies[family.name] = optuna.create_study(
+                    direction="maximize",
+                    sampler=optuna.samplers.TPESampler(
+                        seed=self.seed + i, n_startup_trials=5, multivariate=True
+                    ),
+                    pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+                )
+                self._seed_study(studies[family.name], family)
+        turns_taken = {f.name: 0 for f in tunable}
+        while True:
+            if fixed_trials is not None:
+                if self.trials >= fixed_trials:
+                    return
+                candidates = tunable
+            else:
+                left = self.time_left()
+                candidates = [f for f in tunable if self.cost(f) < left]
+                if not candidates:
+                    return
+            # Portfolio configurations first (they are strong where the defaults are not),
+            # then turns by standing.
+            pending = [f for f in candidates if turns_taken[f.name] < len(f.portfolio)]
+            family = pending[0] if pending else self.next_family(candidates, turns_taken)
+            turns_taken[family.name] += 1
+            self.trials += 1
+            self._optuna_trial(studies[family.name], family, budgeted=fixed_trials is None)
+
+    def _space(self, family: Family, trial: Any) -> Params:
+        assert family.space is not None
+        config = family.space(trial)
+        if family.class_weight and self.task == "classification":
+            weight = trial.suggest_categorical("class_weight", ["none", "balanced"])
+            config["class_weight"] = None if weight == "none" else weight
+        return config
+
+    def _seed_study(self, study: Any, family: Family) -> None:
+        """The default-hyperparameter run is the study's first trial, so TPE starts from it."""
+        default = next(r for r in self.results if r.family == family.name and r.trial == 0)
+        enqueued = {k: v for k, v in default.config.items()}
+        if family.class_weight and self.task == "classification":
+            enqueued["class_weight"] = default.config.get("class_weight") or "none"
+        study.enqueue_trial(enqueued, skip_if_exists=True)
+        trial = study.ask()
+        self._space(family, trial)  # registers the distributions with the enqueued values
+        study.tell(trial, self.sign * default.mean(self.metric))
+        for config in family.portfolio:
+            weight = (
+                {"class_weight": enqueued["class_weight"]} if "class_weight" in enqueued else {}
+            )
+            study.enqueue_trial({**config, **weight}, skip_if_exists=True)
+
+    def _optuna_trial(self, study: Any, family: Family, budgeted: bool) -> None:
+        import optuna
+
+        trial = study.ask()
+        config = self._space(family, trial)
+
+        def report(step: int, value: float) -> bool:
+            trial.report(value, step)
+            return bool(trial.should_prune())
+
+        result = self.evaluate(family, trial.number, config, report=report, budgeted=budgeted)
+        if result.status == "ok":
+            study.tell(trial, self.sign * result.mean(self.metric))
+        elif result.status == "pruned":
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    def run_grid(self, grid: dict[str, dict[str, list[Any]]]) -> None:
+        for family in self.families:
+            if family.name not in grid:
+                continue
+            for i, combination in enumerate(ParameterGrid(grid[family.name])):
+                if self.time_left() <= 0:
+                    result = CandidateResult(
+                        f"{family.name}#{i + 1}",
+                        family.description,
+                        False,
+                        dict(combination),
+                        family=family.name,
+                        trial=i + 1,
+                        config={**family.defaults, **combination},
+                    )
+                    result.status, result.reason = "skipped", "time budget used up"
+                    self.results.append(result)
+                    continue
+                self.trials += 1
+                self.evaluate(family, i + 1, {**self.defaults_config(family), **combination})
+
+    def run_ensemble(self) -> None:
+        pool = [
+            r for r in self.results if r.status == "ok" and len(r.fold_outputs) == len(self.folds)
+        ]
+        pool.sort(key=lambda r: -self.sign * r.mean(self.metric))
+        ensemble = greedy_ensemble(
+            pool[:KEEP_MODELS], self.folds.targets, self.folds.classes, self.metric, self.metrics
+        )
+        if ensemble is not None:
+            self.results.append(ensemble)
+            self.emit("candidate_done", result=ensemble, folds=len(self.folds), metric=self.metric)
+
+    def history(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "family": r.family,
+                "trial": r.trial,
+                "name": r.name,
+                "value": r.mean(self.metric),
+                "status": r.status,
+                "elapsed_s": r.started_s + r.fit_seconds,
+            }
+            for r in self.results
+            if r.family and r.status != "skipped"
+        ]
+
+
+def run_search(
+    families: list[Family],
+    folds: FoldSet,
+    task: str,
+    metric: str,
+    training: TrainingConfig,
+    deadline: float,
+    grid: dict[str, dict[str, list[Any]]] | None = None,
+    class_weight: str | None = None,
+    on_event: EventHandler | None = None,
+    reserve: Callable[[list[CandidateResult]], float] | None = None,
+) -> SearchResult:
+    """Defaults, then the configured search, then the ensemble: see the module docstring."""
+    search = Search(
+        families, folds, task, metric, training, deadline, class_weight, on_event, reserve
+    )
+    search.run_defaults()
+    if training.search == "optuna":
+        search.run_optuna(training.trials)
+    elif training.search == "grid" and grid:
+        search.run_grid(grid)
+    if training.ensemble:
+        search.run_ensemble()
+    board = Leaderboard(metric=metric, metrics=search.metrics, results=search.results)
+    return SearchResult(board, folds, search.history(), search.trials)
 
 
 def _plain_params(estimator: Any) -> dict[str, Any]:
     params = estimator.get_params(deep=False)
     return {k: v for k, v in params.items() if isinstance(v, int | float | str | bool | type(None))}
+
+
+def class_weight_policy(
+    setting: str, metric: str, y: pd.Series, task: str
+) -> tuple[str | None, str]:
+    """('balanced' or None for the defaults, why). ``auto`` weights classes when the smallest
+    class has under half the rows of the largest and the metric counts every class alike;
+    the search may still try either way."""
+    if task != "classification" or setting == "none":
+        return None, "off"
+    if setting == "balanced":
+        return "balanced", "training.class_weight: balanced"
+    counts = y.value_counts()
+    ratio = float(counts.min() / counts.max())
+    even_handed = metric in ("balanced_accuracy", "f1_macro", "recall_macro", "precision_macro")
+    if ratio < 0.5 and even_handed:
+        return "balanced", f"smallest/largest class = {ratio:.2f} and {metric} weighs classes alike"
+    return None, f"smallest/largest class = {ratio:.2f}"

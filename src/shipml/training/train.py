@@ -6,7 +6,6 @@ import json
 import platform
 import subprocess
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,10 +30,27 @@ from shipml.evaluation.metrics import (
     default_metric,
     regression_metrics,
 )
-from shipml.features import build_model_pipeline
-from shipml.models.catalog import build_ensemble, families_for
+from shipml.models.catalog import families_for, resolve_grid
+from shipml.project import report_file
+from shipml.training.final import (
+    build_final_model,
+    choose_threshold,
+    full_fit_seconds,
+    learning_estimator,
+    refit_seconds,
+    threshold_metric,
+)
+from shipml.training.folds import prepare_folds
 from shipml.training.leaderboard import Leaderboard
-from shipml.training.search import EventHandler, run_candidates
+from shipml.training.reporting import (
+    MIN_REPORT_S,
+    ScoredModel,
+    plan_report,
+    report_notes,
+    report_reserve,
+    write_training_report,
+)
+from shipml.training.search import EventHandler, class_weight_policy, run_search
 
 # Seconds kept back from the budget for the refit's bookkeeping: evaluation and MLflow logging.
 _FIXED_OVERHEAD_S = 3.0
@@ -59,6 +75,8 @@ class TrainResult:
     elapsed_s: float
     budget_s: float
     paths: dict[str, Path] = field(default_factory=dict)
+    threshold: float | None = None
+    search_trials: int = 0
 
 
 def load_training_table(config: ProjectConfig, root: Path, data: str | Path | None) -> pd.DataFrame:
@@ -286,36 +304,95 @@ def train(
                 recorder.log_child(r.name, r.params, r.fold_scores, r.summary(), r.status)
             emit(kind, **info)
 
-        emit("stage", name="Cross-validating candidates")
-        leaderboard = run_candidates(
-            families,
+        ordered = config.split.time_column is not None
+        class_weight, weight_reason = class_weight_policy(
+            config.training.class_weight, metric, prepared.y_train, schema.task
+        )
+        grid = None
+        if config.training.search == "grid":
+            grid = resolve_grid(schema.task, families, config.training.param_grid)
+        emit("stage", name="Preparing cross-validation folds")
+        folds = prepare_folds(
             prepared.X_train,
             prepared.y_train,
             schema,
             config.features,
-            metric,
             config.training.cv,
             seed,
-            deadline,
-            ordered=config.split.time_column is not None,
-            on_event=on_candidate,
+            ordered,
         )
+        finish_reserve = report_reserve(budget)
+
+        def reserve(results: list[Any]) -> float:
+            return refit_seconds(results, metric) + finish_reserve
+
+        emit("stage", name="Cross-validating candidates")
+        search = run_search(
+            families,
+            folds,
+            schema.task,
+            metric,
+            config.training,
+            deadline,
+            grid=grid,
+            class_weight=class_weight,
+            on_event=on_candidate,
+            reserve=reserve,
+        )
+        leaderboard = search.leaderboard
         recorder.log_dict(leaderboard.to_records(), "leaderboard/leaderboard.json")
+        recorder.log_dict(search.history, "search/history.json")
         best = leaderboard.best
         if best is None:
             raise _no_model_error(leaderboard)
 
-        emit("stage", name=f"Refitting {best.name} on the training split")
-        if best.members:
-            estimator = build_ensemble(schema.task, best.members, seed)
-        else:
-            estimator = next(f for f in families if f.name == best.name).build(seed)
-        pipeline = build_model_pipeline(schema, config.features, estimator)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pipeline.fit(prepared.X_train, prepared.y_train)
+        threshold = None
+        choice = None
+        setting = config.training.threshold
+        if schema.task == "classification" and folds.classes is not None:
+            if len(folds.classes) == 2 and setting == "auto":
+                chosen_for = threshold_metric(metric, class_weight)
+                choice = choose_threshold(
+                    best.fold_outputs, folds.targets, folds.classes, chosen_for
+                )
+                threshold = choice.threshold
+            elif len(folds.classes) == 2 and isinstance(setting, float):
+                threshold = setting
+        recorder.log_params(
+            {
+                "search": config.training.search,
+                "search_trials": search.trials,
+                "class_weight": class_weight or "none",
+                "class_weight_reason": weight_reason,
+                "decision_threshold": "none" if threshold is None else f"{threshold:.4f}",
+            }
+        )
+        if choice is not None:
+            recorder.log_metrics(
+                {
+                    f"cv_{choice.metric}_at_threshold": choice.score,
+                    f"cv_{choice.metric}_at_0.5": choice.score_at_half,
+                }
+            )
+
+        what = "Bagging" if best.fold_models or best.members else "Refitting"
+        emit("stage", name=f"{what} {best.name} on the training split")
+        model = build_final_model(
+            best,
+            leaderboard,
+            folds,
+            prepared.X_train,
+            prepared.y_train,
+            schema,
+            config.features,
+            seed,
+            threshold,
+        )
+        pipeline = model
         emit("stage", name="Scoring the test split")
+        scoring_started = time.monotonic()
         test_metrics, extras = _test_metrics(schema, pipeline, prepared.X_test, prepared.y_test)
+        score_seconds = time.monotonic() - scoring_started
         _log_evaluation(recorder, test_metrics, extras)
         recorder.log_metrics({f"best_{k}": v for k, v in best.summary().items()})
 
@@ -326,6 +403,8 @@ def train(
             "test_metrics": test_metrics,
             "cv_mean": best.mean(metric),
             "cv_std": best.std(metric),
+            "members": model.weights,
+            "threshold": threshold,
             "data_sha256": prepared.data_sha256,
             "run_id": recorder.run_id,
         }
@@ -339,11 +418,47 @@ def train(
                 "shipml.metric": metric,
                 "shipml.test_metrics": json.dumps(test_metrics),
                 "shipml.cv_mean": f"{best.mean(metric):.6g}",
+                "shipml.threshold": "" if threshold is None else f"{threshold:.6g}",
                 "shipml.run_id": recorder.run_id,
             },
         )
         alias = registry.assign_new_version_alias(store, version)
         recorder.set_tags({"shipml.version": str(version), "shipml.alias": alias})
+
+        emit("stage", name="Writing the report")
+        learner = learning_estimator(best, leaderboard, schema, config.features, seed)
+        plan = plan_report(
+            max(started + budget - time.monotonic() - 1.0, MIN_REPORT_S),
+            len(prepared.X_test),
+            len(schema.input_columns),
+            score_seconds / max(2 * len(prepared.X_test), 1),
+            len(prepared.X_train),
+            full_fit_seconds(best, leaderboard),
+        )
+        report_path = write_training_report(
+            report_file(root, config.name, version),
+            {
+                "project": config.name,
+                "version": version,
+                "schema": schema,
+                "validation": prepared.report,
+                "metric": metric,
+                "leaderboard": leaderboard,
+                "test_metrics": test_metrics,
+                "model": ScoredModel(model, prepared.X_test),
+                "X_train": prepared.X_train,
+                "y_train": prepared.y_train,
+                "X_test": prepared.X_test,
+                "y_test": prepared.y_test,
+                "search_history": search.history,
+                "threshold": threshold,
+                "seed": seed,
+                "notes": report_notes(config, search.trials, weight_reason, choice),
+            },
+            plan,
+            learner,
+        )
+        recorder.log_file(report_path, "report")
         recorder.finish("FINISHED")
     except BaseException:
         recorder.finish("FAILED")
@@ -363,7 +478,13 @@ def train(
         n_test=len(prepared.X_test),
         elapsed_s=time.monotonic() - started,
         budget_s=budget,
-        paths={"validation_report": prepared.report_path, "store": root / ".shipml"},
+        paths={
+            "validation_report": prepared.report_path,
+            "store": root / ".shipml",
+            "report": report_path,
+        },
+        threshold=threshold,
+        search_trials=search.trials,
     )
 
 
@@ -378,4 +499,5 @@ _ENV_PACKAGES = (
     "mlflow",
     "skops",
     "sqlalchemy",
+    "optuna",
 )

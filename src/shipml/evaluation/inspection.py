@@ -1,0 +1,168 @@
+"""Model inspection for the report: permutation importance per raw input column, and learning
+curves. Both score with the project's metric through its scikit-learn scoring string
+(shipml.evaluation.metrics.scoring_for): higher is better, lower-is-better metrics negated."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+
+from shipml.evaluation.metrics import metric_spec, scoring_for
+
+__all__ = ["LEARNING_FOLDS", "LEARNING_SIZES", "learning_curve_scores", "permutation_importances"]
+
+LEARNING_FOLDS = 3
+LEARNING_SIZES = np.linspace(0.1, 1.0, 5)
+
+
+def _n_classes(y: pd.Series, task: str) -> int | None:
+    return int(y.nunique()) if task == "classification" else None
+
+
+class _Replay(BaseEstimator):
+    """Hands a scorer predictions made earlier, so one batched call serves many scorings."""
+
+    def __init__(self, predicted: Any = None, proba: Any = None, classes: Any = None) -> None:
+        self.predicted = predicted
+        self.proba = proba
+        self.classes = classes
+
+    def fit(self, X: Any, y: Any = None) -> _Replay:
+        return self
+
+    def predict(self, X: Any) -> Any:
+        return self.predicted
+
+    def predict_proba(self, X: Any) -> Any:
+        return self.proba
+
+    @property
+    def classes_(self) -> Any:
+        return self.classes
+
+
+class _ReplayClassifier(ClassifierMixin, _Replay):
+    pass
+
+
+class _ReplayRegressor(RegressorMixin, _Replay):
+    pass
+
+
+def permutation_importances(
+    model: Any,
+    X: pd.DataFrame,
+    y: pd.Series,
+    metric: str,
+    task: str,
+    n_repeats: int,
+    seed: int,
+    max_rows: int = 5000,
+) -> pd.DataFrame:
+    """Permutation importance of each column of ``X``, the raw model input, so a column the
+    model one-hot encodes counts once. Columns feature, mean, std, most important first; in the
+    metric's units, positive when shuffling the column makes the metric worse.
+
+    The same procedure as scikit-learn's ``permutation_importance`` (shuffle one column, score,
+    repeat), but every shuffled copy of the table is stacked and predicted in one call: a model
+    with a heavy per-call cost (an ensemble with a preprocessor per fold) scores hundreds of
+    copies in the time of a few calls. Tables over ``max_rows`` rows are sampled first."""
+    from sklearn.metrics import get_scorer
+
+    if len(X) > max_rows:
+        X, y = _sample(X, y, max_rows, task, seed)
+    X = X.reset_index(drop=True)
+    y = y.reset_index(drop=True)
+    classifier = task == "classification"
+    classes = model.classes_ if classifier else None
+    scorer = get_scorer(scoring_for(metric, len(classes) if classes is not None else None))
+    rng = np.random.RandomState(seed)
+    n = len(X)
+    copies = [X]
+    for column in X.columns:
+        values = X[column].to_numpy()
+        for _ in range(n_repeats):
+            shuffled = X.copy()
+            shuffled[column] = values[rng.permutation(n)]
+            copies.append(shuffled)
+    stacked = pd.concat(copies, ignore_index=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        predicted = np.asarray(model.predict(stacked))
+        proba = np.asarray(model.predict_proba(stacked)) if classifier else None
+
+        def score(block: int) -> float:
+            rows = slice(block * n, (block + 1) * n)
+            replay_class = _ReplayClassifier if classifier else _ReplayRegressor
+            replay = replay_class(predicted[rows], None if proba is None else proba[rows], classes)
+            return float(scorer(replay, X, y))
+
+        baseline = score(0)
+        drops = np.array(
+            [
+                [baseline - score(1 + i * n_repeats + r) for r in range(n_repeats)]
+                for i in range(len(X.columns))
+            ]
+        )
+    table = pd.DataFrame(
+        {
+            "feature": [str(c) for c in X.columns],
+            "mean": drops.mean(axis=1),
+            "std": drops.std(axis=1),
+        }
+    )
+    if table["mean"].isna().all():  # scikit-learn scores an undefined metric NaN, not an error
+        raise ValueError(f"{metric} is undefined on these rows (a single class?)")
+    return table.sort_values("mean", ascending=False, kind="mergesort").reset_index(drop=True)
+
+
+def _sample(X: pd.DataFrame, y: pd.Series, rows: int, task: str, seed: int) -> tuple[Any, Any]:
+    from sklearn.model_selection import train_test_split
+
+    if len(X) <= rows:
+        return X, y
+    counts = y.value_counts()
+    stratify = y if task == "classification" and counts.min() >= 2 and rows >= len(counts) else None
+    X_sample, _, y_sample, _ = train_test_split(
+        X, y, train_size=rows, stratify=stratify, random_state=seed
+    )
+    return X_sample, y_sample
+
+
+def learning_curve_scores(
+    estimator: Any,
+    X: pd.DataFrame,
+    y: pd.Series,
+    metric: str,
+    task: str,
+    max_rows: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(training rows, training scores, validation scores), scores in the metric's own units
+    (one column per fold), from refitting the unfitted ``estimator`` on growing subsets with
+    3-fold CV (stratified for classification) on at most ``max_rows`` sampled rows."""
+    from sklearn.model_selection import KFold, StratifiedKFold, learning_curve
+
+    X, y = _sample(X, y, max_rows, task, seed)
+    stratified = task == "classification" and y.value_counts().min() >= LEARNING_FOLDS
+    folds = StratifiedKFold if stratified else KFold
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sizes, train, valid = learning_curve(
+            estimator,
+            X,
+            y,
+            train_sizes=LEARNING_SIZES,
+            cv=folds(LEARNING_FOLDS, shuffle=True, random_state=seed),
+            scoring=scoring_for(metric, _n_classes(y, task)),
+            n_jobs=1,
+            shuffle=True,  # subsets are taken in table order: a sorted table gives one class
+            random_state=seed,
+            error_score=np.nan,
+        )[:3]
+    sign = 1.0 if metric_spec(metric).greater_is_better else -1.0
+    return np.asarray(sizes), sign * np.asarray(train), sign * np.asarray(valid)

@@ -1,0 +1,149 @@
+"""The training report, sized to the time the budget leaves.
+
+Permutation importance costs one prediction per shuffled copy of the test rows, and learning
+curves cost fifteen refits; both are scaled down (fewer shuffles, fewer rows, or no learning
+curve, said so in the report) when the time left would not cover them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shipml.config import ProjectConfig
+from shipml.evaluation.inspection import LEARNING_FOLDS, LEARNING_SIZES
+from shipml.evaluation.report import ReportInputs, build_report, write_report
+from shipml.models.bagged import BaggedEnsemble, labels_for
+from shipml.training.final import ThresholdChoice
+
+MIN_REPORT_S = 4.0  # the report gets at least this, even when the budget is spent
+IMPORTANCE_SHARE = 0.4  # of the report's time; the learning curves get the rest
+MIN_IMPORTANCE_ROWS = 200
+MIN_LEARNING_ROWS = 200
+MAX_LEARNING_ROWS = 5000
+MAX_IMPORTANCE_ROWS = 2000
+
+
+class ScoredModel:
+    """The registered model as the report uses it: the test split's outputs are reused, and
+    labels come from the probabilities of the same call (one prediction pass per table, where
+    the report would otherwise make two)."""
+
+    def __init__(self, model: BaggedEnsemble, X_test: pd.DataFrame) -> None:
+        self.model = model
+        self.task = model.task
+        if model.task == "classification":
+            self.classes_ = model.classes_
+        self._last: tuple[Any, np.ndarray] | None = None
+        self._outputs(X_test)
+
+    def _outputs(self, X: pd.DataFrame) -> np.ndarray:
+        if self._last is None or self._last[0] is not X:
+            method = "predict_proba" if self.task == "classification" else "predict"
+            self._last = (X, np.asarray(getattr(self.model, method)(X)))
+        return self._last[1]
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return self._outputs(X)
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        outputs = self._outputs(X)
+        if self.task != "classification":
+            return outputs
+        return labels_for(outputs, self.classes_, self.model.threshold)
+
+
+@dataclass
+class ReportPlan:
+    importance_repeats: int
+    importance_rows: int
+    learning_rows: int  # 0: no learning curve
+    learning_skipped: str = ""
+
+
+def report_reserve(budget: float) -> float:
+    """Seconds the search leaves for registration and the report (its figures alone take a
+    few seconds)."""
+    return min(max(0.25 * budget, 10.0), 90.0)
+
+
+def plan_report(
+    allowance: float,
+    n_test: int,
+    n_columns: int,
+    seconds_per_row: float,
+    n_train: int,
+    full_fit_seconds: float,
+) -> ReportPlan:
+    """How much importance and learning-curve work fits in ``allowance`` seconds, from the cost
+    of one predicted row and of one fit on every training row."""
+    budget_importance = IMPORTANCE_SHARE * allowance
+    rows, repeats = min(n_test, MAX_IMPORTANCE_ROWS), 5
+
+    def cost(r: int, k: int) -> float:
+        return (1 + n_columns * k) * r * seconds_per_row
+
+    while repeats > 2 and cost(rows, repeats) > budget_importance:
+        repeats -= 1
+    if cost(rows, repeats) > budget_importance:
+        fitting = int(budget_importance / max((1 + n_columns * repeats) * seconds_per_row, 1e-9))
+        rows = max(min(rows, MIN_IMPORTANCE_ROWS), min(rows, fitting))
+
+    budget_learning = allowance - cost(rows, repeats)
+    # Each of the folds fits on (k-1)/k of the rows at every size. Fit time shrinks less than
+    # the rows on small samples (boosting pays per iteration too): half of it is taken as fixed.
+    share = float(sum(LEARNING_SIZES)) * (LEARNING_FOLDS - 1)
+    most = min(n_train, MAX_LEARNING_ROWS)
+
+    def needed(r: int) -> float:
+        return share * full_fit_seconds * (0.5 + 0.5 * r / max(n_train, 1))
+
+    learning_rows = most
+    if needed(most) > budget_learning:
+        ratio = max(budget_learning, 0.0) / max(share * full_fit_seconds, 1e-9)
+        learning_rows = min(most, int(n_train * (2 * ratio - 1)))
+    if learning_rows < min(MIN_LEARNING_ROWS, n_train):
+        why = (
+            f"learning curves skipped: they need about {needed(most):.0f} s and the time budget "
+            f"had {max(budget_learning, 0):.0f} s left; a larger --time-budget includes them"
+        )
+        return ReportPlan(repeats, rows, 0, why)
+    return ReportPlan(repeats, rows, learning_rows)
+
+
+def report_notes(
+    config: ProjectConfig, trials: int, weight_reason: str, choice: ThresholdChoice | None
+) -> list[str]:
+    notes = [
+        f"search: {config.training.search}, {trials} trials after each family's defaults"
+        + (" (a fixed number of trials)" if config.training.trials is not None else ""),
+        f"class weights: {weight_reason}",
+    ]
+    if choice is not None:
+        notes.append(
+            f"decision threshold {choice.threshold:.4g}, chosen for {choice.metric} on "
+            f"out-of-fold predictions: {choice.score:.4f} there against {choice.score_at_half:.4f}"
+            " at 0.5 (optimistic: chosen on the same predictions)"
+        )
+    return notes
+
+
+def write_training_report(
+    path: Path, inputs: dict[str, Any], plan: ReportPlan, learning_estimator: Any
+) -> Path:
+    """Build the report with ``plan``'s sizes and write it atomically to ``path``."""
+    report = ReportInputs(
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        learning_estimator=learning_estimator if plan.learning_rows else None,
+        learning_skipped=plan.learning_skipped,
+        max_learning_rows=max(plan.learning_rows, 1),
+        importance_repeats=plan.importance_repeats,
+        max_importance_rows=plan.importance_rows,
+        **inputs,
+    )
+    return write_report(build_report(report), path)

@@ -1,0 +1,217 @@
+"""The search: defaults first, Optuna trials (pruned, reproducible), grid, budget shares,
+class weights and the decision threshold."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from shipml.config import FeaturesConfig, TrainingConfig
+from shipml.data.infer import infer_schema
+from shipml.models.catalog import families_for, resolve_grid
+from shipml.training.final import choose_threshold, threshold_metric
+from shipml.training.folds import prepare_folds
+from shipml.training.leaderboard import CandidateResult
+from shipml.training.search import Search, class_weight_policy, run_search
+
+
+@pytest.fixture(scope="module")
+def small_folds():
+    data = load_breast_cancer(as_frame=True)
+    df = data.frame.sample(300, random_state=0).reset_index(drop=True)
+    schema = infer_schema(df, "target")
+    X, y = df.drop(columns="target"), df["target"]
+    return prepare_folds(X, y, schema, FeaturesConfig(), 3, 0, ordered=False)
+
+
+def _search(folds, trials: int, models=("lightgbm",), **training):
+    config = TrainingConfig(trials=trials, ensemble=False, **training)
+    families = families_for("classification", list(models))
+    far = time.monotonic() + 3600
+    return run_search(families, folds, "classification", "roc_auc", config, far)
+
+
+def test_fixed_trials_are_reproducible_and_every_trial_is_on_the_board(small_folds) -> None:
+    first = _search(small_folds, 6)
+    second = _search(small_folds, 6)
+    assert first.trials == second.trials == 6
+    names = [r.name for r in first.leaderboard.results]
+    assert names[:3] == ["majority", "logistic_regression", "lightgbm"]
+    # Six trials beyond the defaults, numbered after each family's default (trial 0).
+    tuned = [r for r in first.leaderboard.results if r.trial > 0]
+    assert len(tuned) == 6
+    assert {r.family for r in tuned} <= {"logistic_regression", "lightgbm"}
+    assert [r.config for r in first.leaderboard.results] == [
+        r.config for r in second.leaderboard.results
+    ]
+    assert [r.fold_scores for r in first.leaderboard.results] == [
+        r.fold_scores for r in second.leaderboard.results
+    ]
+    assert len({str(r.config) for r in tuned}) == 6  # the sampler explores
+    assert len(first.history) == len(first.leaderboard.results)
+
+
+def test_another_seed_samples_other_trials(small_folds) -> None:
+    a = _search(small_folds, 3, seed=1)
+    b = _search(small_folds, 3, seed=2)
+    configs = lambda s: [r.config for r in s.leaderboard.results if r.trial > 0]  # noqa: E731
+    assert configs(a) != configs(b)
+
+
+def test_a_time_budget_stops_the_search(small_folds) -> None:
+    config = TrainingConfig(ensemble=False)
+    families = families_for("classification", ["lightgbm"])
+    started = time.monotonic()
+    result = run_search(families, small_folds, "classification", "roc_auc", config, started + 4)
+    assert time.monotonic() - started < 10
+    assert result.trials >= 1  # it searched while there was time...
+    assert result.leaderboard.results[-1].status in ("ok", "pruned", "stopped")  # ...and stopped
+
+
+def test_pruned_trials_stop_early(small_folds) -> None:
+    config = TrainingConfig(trials=0)
+    family = families_for("classification", ["lightgbm"])[-1]
+    search = Search([family], small_folds, "classification", "roc_auc", config, 1e12, None)
+    result = search.evaluate(family, 1, family.defaults, report=lambda step, value: True)
+    assert result.status == "pruned" and len(result.fold_outputs) == 1
+    assert not result.fold_models  # a pruned trial never reaches the final model
+
+
+def test_the_best_family_gets_the_most_turns(small_folds) -> None:
+    config = TrainingConfig()
+    families = families_for("classification", "auto")
+    search = Search(families, small_folds, "classification", "roc_auc", config, 1e12, None)
+    scores = {"logistic_regression": 0.9, "random_forest": 0.95, "lightgbm": 0.99}
+    for name, score in scores.items():
+        r = CandidateResult(name, "", False, {}, family=name, fold_scores={"roc_auc": [score]})
+        search.results.append(r)
+    tunable = [f for f in families if f.name in scores]
+    taken = {f.name: 0 for f in tunable}
+    for _ in range(14):
+        taken[search.next_family(tunable, taken).name] += 1
+    assert taken == {"lightgbm": 8, "random_forest": 4, "logistic_regression": 2}
+
+
+def test_grid_runs_every_combination_in_order(small_folds) -> None:
+    grid = {"n_estimators": [20, 40], "min_samples_leaf": [1, 5]}
+    families = families_for("classification", ["random_forest"])
+    config = TrainingConfig(search="grid", param_grid=grid, ensemble=False)
+    resolved = resolve_grid("classification", families, grid)
+    result = run_search(
+        families,
+        small_folds,
+        "classification",
+        "roc_auc",
+        config,
+        time.monotonic() + 3600,
+        resolved,
+    )
+    trials = [r for r in result.leaderboard.results if r.trial > 0]
+    # scikit-learn's ParameterGrid order: the last parameter name varies fastest.
+    assert [(r.config["min_samples_leaf"], r.config["n_estimators"]) for r in trials] == [
+        (1, 20),
+        (1, 40),
+        (5, 20),
+        (5, 40),
+    ]
+    assert all(r.status == "ok" for r in trials) and result.trials == 4
+
+
+def test_ensemble_joins_and_keeps_its_members_fold_outputs(small_folds) -> None:
+    config = TrainingConfig(trials=2)
+    families = families_for("classification", ["lightgbm", "random_forest"])
+    result = run_search(
+        families, small_folds, "classification", "log_loss", config, time.monotonic() + 3600
+    )
+    ensembles = [r for r in result.leaderboard.results if r.name == "ensemble"]
+    if ensembles:  # joins only when it beats every single model on the folds
+        assert result.leaderboard.best is ensembles[0]
+        assert len(ensembles[0].fold_outputs) == len(small_folds)
+
+
+def test_class_weight_policy() -> None:
+    balanced = pd.Series([0, 1] * 50)
+    skewed = pd.Series([0] * 90 + [1] * 10)
+    assert class_weight_policy("auto", "f1_macro", balanced, "classification")[0] is None
+    assert class_weight_policy("auto", "f1_macro", skewed, "classification")[0] == "balanced"
+    assert class_weight_policy("auto", "roc_auc", skewed, "classification")[0] is None
+    assert class_weight_policy("balanced", "roc_auc", balanced, "classification")[0] == "balanced"
+    assert class_weight_policy("none", "f1_macro", skewed, "classification")[0] is None
+    assert class_weight_policy("auto", "rmse", skewed, "regression")[0] is None
+
+
+def test_weighted_defaults_when_the_data_calls_for_it(small_folds) -> None:
+    config = TrainingConfig(trials=0, ensemble=False)
+    families = families_for("classification", ["lightgbm"])
+    result = run_search(
+        families, small_folds, "classification", "f1_macro", config, 1e12, class_weight="balanced"
+    )
+    by_name = {r.name: r for r in result.leaderboard.results}
+    assert by_name["lightgbm"].config["class_weight"] == "balanced"
+    assert by_name["logistic_regression"].params["class_weight"] == "balanced"
+    assert "class_weight" not in by_name["majority"].config
+
+
+def _proba(p1: list[float]) -> np.ndarray:
+    p = np.asarray(p1)
+    return np.column_stack([1 - p, p])
+
+
+def test_threshold_is_chosen_on_out_of_fold_predictions() -> None:
+    # Positives score 0.30-0.40 and negatives below 0.2: 0.5 calls every positive negative.
+    y = pd.Series([1, 1, 1, 0, 0, 0, 0, 0])
+    out = _proba([0.3, 0.35, 0.4, 0.1, 0.15, 0.05, 0.12, 0.18])
+    choice = choose_threshold([out, out], [y, y], np.array([0, 1]), "accuracy")
+    assert 0.18 < choice.threshold <= 0.3
+    assert choice.score == 1.0 and choice.score_at_half == pytest.approx(5 / 8)
+
+
+def test_threshold_stays_at_half_when_nothing_is_better() -> None:
+    y = pd.Series([1, 1, 0, 0])
+    out = _proba([0.9, 0.8, 0.1, 0.2])
+    choice = choose_threshold([out], [y], np.array([0, 1]), "balanced_accuracy")
+    assert choice.threshold == 0.5 and choice.score == 1.0
+
+
+def test_threshold_metric_follows_the_configured_metric() -> None:
+    assert threshold_metric("f1_macro", None) == "f1_macro"
+    assert threshold_metric("roc_auc", None) == "accuracy"
+    assert threshold_metric("roc_auc", "balanced") == "balanced_accuracy"
+
+
+def test_vectorised_threshold_scores_match_scikit_learn() -> None:
+    from functools import partial
+
+    from sklearn import metrics as skm
+
+    from shipml.training.final import binary_scores
+
+    rng = np.random.default_rng(0)
+    positive = rng.random(200) < 0.3
+    p1 = np.clip(positive * 0.3 + rng.random(200) * 0.7, 0, 1)
+    thresholds = np.array([0.0, 0.2, 0.5, 0.73, 0.99, 1.5])
+    ours = binary_scores(positive, p1, thresholds)
+    reference = {
+        "accuracy": skm.accuracy_score,
+        "balanced_accuracy": skm.balanced_accuracy_score,
+        "f1_macro": partial(skm.f1_score, average="macro", zero_division=0),
+        "f1_weighted": partial(skm.f1_score, average="weighted", zero_division=0),
+        "precision_macro": partial(skm.precision_score, average="macro", zero_division=0),
+        "recall_macro": partial(skm.recall_score, average="macro", zero_division=0),
+    }
+    for name, score in reference.items():
+        expected = [score(positive, p1 >= t) for t in thresholds]
+        np.testing.assert_allclose(ours[name], expected, err_msg=name)
+
+
+def test_portfolio_configurations_are_tried_first(small_folds) -> None:
+    family = families_for("classification", ["lightgbm"])[-1]
+    result = _search(small_folds, 2)
+    tuned = [r for r in result.leaderboard.results if r.trial > 0]
+    assert [r.family for r in tuned] == ["lightgbm", "lightgbm"]
+    for r, config in zip(tuned, family.portfolio, strict=True):
+        assert {k: r.config[k] for k in config} == config
