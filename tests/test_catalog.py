@@ -16,10 +16,10 @@ def test_auto_is_baselines_first_then_stronger_families(task: str) -> None:
     baselines = [f.baseline for f in families]
     assert baselines == sorted(baselines, reverse=True) and sum(baselines) == 2
     assert [f.name for f in families][2:] == [
+        "lightgbm",
+        "hist_gradient_boosting",
         "random_forest",
         "extra_trees",
-        "hist_gradient_boosting",
-        "lightgbm",
     ]
     check = is_classifier if task == "classification" else is_regressor
     assert all(check(f.build(0)) for f in families)

@@ -374,3 +374,28 @@ def test_batched_importance_agrees_with_scikit_learn(binary_inputs: ReportInputs
         Ignoring(), ignored, y, "roc_auc", "classification", n_repeats=3, seed=0
     ).set_index("feature")
     assert table.loc["ignored_column", "mean"] == 0.0
+
+
+def test_search_history_zooms_past_a_far_weaker_baseline() -> None:
+    from shipml.evaluation import plots
+
+    history = [
+        {"family": "majority", "trial": 0, "value": 0.5, "status": "ok", "elapsed_s": 0.1},
+        *(
+            {
+                "family": "lightgbm",
+                "trial": i,
+                "value": 0.95 + i / 1000,
+                "status": "ok",
+                "elapsed_s": 1.0 + i,
+            }
+            for i in range(10)
+        ),
+    ]
+    figure = plots.search_history_figure(history, "roc_auc", greater_is_better=True)
+    low, high = figure.axes[0].get_ylim()
+    assert 0.9 < low < 0.951 and high > 0.959
+    assert "1 weaker off the scale" in figure.axes[0].get_title()
+    # Without an outlier the axis is left alone.
+    figure = plots.search_history_figure(history[1:], "roc_auc", greater_is_better=True)
+    assert "off the scale" not in figure.axes[0].get_title()

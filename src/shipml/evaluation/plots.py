@@ -342,7 +342,22 @@ def search_history_figure(
         ax.scatter([], [], marker="x", color="0.5", alpha=0.5, label="pruned")
     ax.set_xlabel("elapsed seconds")
     ax.set_ylabel(f"{metric} ({'higher' if greater_is_better else 'lower'} is better)")
-    ax.set_title(f"Search history ({len(done)} completed trials)")
+    title = f"Search history ({len(done)} completed trials)"
+    # A baseline far below the rest flattens every other point into one line: zoom on the
+    # competitive range and say how many trials fall outside it.
+    all_values = np.array([t["value"] for t in scored], dtype=float)
+    q1, q3 = np.percentile(values, [25, 75])
+    spread = max(q3 - q1, 1e-3 * max(abs(q3), 1.0))
+    if greater_is_better:
+        lo, hi = max(values.min(), q1 - 3 * spread), values.max()
+    else:
+        lo, hi = values.min(), min(values.max(), q3 + 3 * spread)
+    pad = 0.05 * (hi - lo) or 0.01
+    outside = int(np.sum((all_values < lo - pad) | (all_values > hi + pad)))
+    if outside:  # Tukey's far-out fence, a little wider
+        ax.set_ylim(lo - pad, hi + pad)
+        title += f"; {outside} weaker off the scale"
+    ax.set_title(title)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     ax.grid(alpha=0.3)
     return fig

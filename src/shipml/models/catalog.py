@@ -1,4 +1,5 @@
-"""The catalog of model families shipml trains: baselines first, then stronger, cheapest first.
+"""The catalog of model families shipml trains: baselines first, then the stronger families,
+the strongest per second first.
 
 Each family has default hyperparameters (its first, untuned candidate) and a search space that
 Optuna samples from (`shipml.training.search`); `training.search: grid` uses the same builders.
@@ -127,43 +128,8 @@ def _stronger(task: str) -> list[Family]:
         "max_features": "sqrt" if task == "classification" else 1.0,
         "min_samples_leaf": 1,
     }
+    # Strongest per second first: on wide tables a forest can take most of a short budget.
     return [
-        Family(
-            "random_forest",
-            False,
-            _forest(RandomForestClassifier, RandomForestRegressor, task),
-            "random forest",
-            forest,
-            _forest_space,
-            bag=False,
-            class_weight=True,
-        ),
-        Family(
-            "extra_trees",
-            False,
-            _forest(ExtraTreesClassifier, ExtraTreesRegressor, task),
-            "extremely randomised trees",
-            forest,
-            _forest_space,
-            bag=False,
-            class_weight=True,
-        ),
-        Family(
-            "hist_gradient_boosting",
-            False,
-            _hist_gradient_boosting(task),
-            "scikit-learn histogram gradient boosting",
-            {
-                "max_iter": 100,
-                "learning_rate": 0.1,
-                "max_leaf_nodes": 31,
-                "min_samples_leaf": 20,
-                "l2_regularization": 1e-8,
-            },
-            _hgb_space,
-            bag=False,  # refitted once: five fold copies of hundreds of trees save and load slowly
-            class_weight=True,
-        ),
         Family(
             "lightgbm",
             False,
@@ -202,6 +168,42 @@ def _stronger(task: str) -> list[Family]:
                     "reg_lambda": 1e-8,
                 },
             ),
+        ),
+        Family(
+            "hist_gradient_boosting",
+            False,
+            _hist_gradient_boosting(task),
+            "scikit-learn histogram gradient boosting",
+            {
+                "max_iter": 100,
+                "learning_rate": 0.1,
+                "max_leaf_nodes": 31,
+                "min_samples_leaf": 20,
+                "l2_regularization": 1e-8,
+            },
+            _hgb_space,
+            bag=False,  # refitted once: five fold copies of hundreds of trees save and load slowly
+            class_weight=True,
+        ),
+        Family(
+            "random_forest",
+            False,
+            _forest(RandomForestClassifier, RandomForestRegressor, task),
+            "random forest",
+            forest,
+            _forest_space,
+            bag=False,
+            class_weight=True,
+        ),
+        Family(
+            "extra_trees",
+            False,
+            _forest(ExtraTreesClassifier, ExtraTreesRegressor, task),
+            "extremely randomised trees",
+            forest,
+            _forest_space,
+            bag=False,
+            class_weight=True,
         ),
     ]
 

@@ -69,7 +69,7 @@ class ReportPlan:
 def report_reserve(budget: float) -> float:
     """Seconds the search leaves for registration and the report (its figures alone take a
     few seconds)."""
-    return min(max(0.25 * budget, 10.0), 90.0)
+    return min(max(0.15 * budget, 8.0), 90.0)
 
 
 def plan_report(

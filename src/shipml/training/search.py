@@ -1,8 +1,8 @@
 """Cross-validate candidate models inside a time budget and rank them in a leaderboard.
 
 First every family's default hyperparameters (baselines always, then the stronger families,
-cheapest first), then a search over each family's space, then a greedy weighted ensemble of the
-best candidates. The search is one of:
+strongest per second first), then a search over each family's space, then a greedy weighted
+ensemble of the best candidates. The search is one of:
 
 - ``optuna`` (default): a TPE study per family, seeded; each trial is cross-validated fold by
   fold and pruned (median rule) when its running score falls behind the family's earlier trials.
