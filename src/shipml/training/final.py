@@ -145,14 +145,18 @@ def build_final_model(
     )
 
 
+def _lead_member(best: CandidateResult, board: Leaderboard) -> CandidateResult:
+    """The member with the largest weight (the candidate itself when it is not an ensemble)."""
+    members = _members(best)
+    name = max(members, key=lambda n: members[n])
+    return next(r for r in board.results if r.name == name)
+
+
 def learning_estimator(
     best: CandidateResult, board: Leaderboard, schema: Schema, features: FeaturesConfig, seed: int
 ) -> Any:
     """An unfitted pipeline of the strongest single member, for the report's learning curves."""
-    by_name = {r.name: r for r in board.results}
-    members = _members(best)
-    name = max(members, key=lambda n: members[n])
-    result = by_name[name]
+    result = _lead_member(best, board)
     family = CATALOG[schema.task][result.family]
     return build_model_pipeline(schema, features, family.build(seed, result.config))
 
@@ -170,8 +174,5 @@ def refit_seconds(results: list[CandidateResult], metric: str) -> float:
 
 def full_fit_seconds(best: CandidateResult, board: Leaderboard) -> float:
     """About how long the learning-curve member takes to fit on every training row."""
-    by_name = {r.name: r for r in board.results}
-    members = _members(best)
-    result = by_name[max(members, key=lambda n: members[n])]
-    folds = max(len(result.fold_outputs), 1)
-    return 1.25 * result.fit_seconds / folds
+    result = _lead_member(best, board)
+    return 1.25 * result.fit_seconds / max(len(result.fold_outputs), 1)

@@ -171,9 +171,17 @@ class Search:
         for r in holders[KEEP_MODELS:]:
             r.fold_models = []
 
-    def skipped(self, family: Family, reason: str) -> None:
+    def skipped(
+        self, family: Family, reason: str, trial: int = 0, config: Params | None = None
+    ) -> None:
         result = CandidateResult(
-            family.name, family.description, family.baseline, {}, family=family.name
+            family.name if trial == 0 else f"{family.name}#{trial}",
+            family.description,
+            family.baseline,
+            dict(config or {}),
+            family=family.name,
+            trial=trial,
+            config=dict(config or {}),
         )
         result.status, result.reason = "skipped", reason
         self.results.append(result)
@@ -307,21 +315,12 @@ class Search:
             if family.name not in grid:
                 continue
             for i, combination in enumerate(ParameterGrid(grid[family.name])):
+                config = {**self.defaults_config(family), **combination}
                 if self.time_left() <= 0:
-                    result = CandidateResult(
-                        f"{family.name}#{i + 1}",
-                        family.description,
-                        False,
-                        dict(combination),
-                        family=family.name,
-                        trial=i + 1,
-                        config={**family.defaults, **combination},
-                    )
-                    result.status, result.reason = "skipped", "time budget used up"
-                    self.results.append(result)
+                    self.skipped(family, "time budget used up", i + 1, config)
                     continue
                 self.trials += 1
-                self.evaluate(family, i + 1, {**self.defaults_config(family), **combination})
+                self.evaluate(family, i + 1, config)
 
     def run_ensemble(self) -> None:
         pool = [
