@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.shipml-installed
 DEMO_DIR ?= shipml-quickstart
 
-.PHONY: install demo test test-fast lint format anchors bench clean
+.PHONY: install demo test test-fast lint format anchors bench serve-anchors bench-serve clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,18 @@ anchors: .bench/flaml/.installed .bench/autogluon/.installed  ## FLAML and AutoG
 bench: install anchors  ## shipml vs the cheat-sheet RF, FLAML and AutoGluon, side by side
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/train_quality.py
+
+.bench/bentoml/.installed: benchmarks/anchors/serve/bentoml-requirements.txt
+	PYTHON=$(PYTHON) benchmarks/anchors/serve/setup.sh bentoml
+
+.bench/mlserver/.installed: benchmarks/anchors/serve/mlserver-requirements.txt
+	PYTHON=$(PYTHON) benchmarks/anchors/serve/setup.sh mlserver
+
+serve-anchors: .bench/bentoml/.installed .bench/mlserver/.installed  ## wrk, BentoML and MLServer, each in its own venv
+	benchmarks/anchors/serve/setup.sh wrk
+
+bench-serve: install serve-anchors  ## shipml serve vs the cheat-sheet app, MLflow, BentoML and MLServer
+	$(BIN)/python benchmarks/serve_bench.py $(BENCH_SERVE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 import pytest
 from sklearn.base import is_classifier, is_regressor
@@ -17,6 +18,7 @@ def test_auto_is_baselines_first_then_stronger_families(task: str) -> None:
     assert baselines == sorted(baselines, reverse=True) and sum(baselines) == 2
     assert [f.name for f in families][2:] == [
         "lightgbm",
+        "catboost",
         "hist_gradient_boosting",
         "random_forest",
         "extra_trees",
@@ -101,3 +103,55 @@ def test_grid_for_a_family_not_chosen() -> None:
     families = families_for("classification", ["lightgbm"])
     with pytest.raises(ConfigError, match=r"not among training\.models"):
         resolve_grid("classification", families, {"random_forest": {"max_depth": [3]}})
+
+
+def test_catboost_takes_class_weights_and_the_seed() -> None:
+    family = CATALOG["classification"]["catboost"]
+    params = family.build(5, {"depth": 4, "class_weight": "balanced"}).get_params()
+    assert (params["depth"], params["auto_class_weights"], params["random_seed"]) == (
+        4,
+        "Balanced",
+        5,
+    )
+    assert params["allow_writing_files"] is False  # no catboost_info/ in the user's project
+    assert "auto_class_weights" not in family.build(5, {"class_weight": None}).get_params()
+
+
+def test_log_target_wraps_every_regression_family_but_the_mean() -> None:
+    from sklearn.compose import TransformedTargetRegressor
+
+    for family in families_for("regression", "auto"):
+        model = family.build(0, {"target_transform": "log"} if family.target_transform else {})
+        assert isinstance(model, TransformedTargetRegressor) == (family.name != "mean")
+    ridge = CATALOG["regression"]["ridge"].build(0, {"target_transform": "log", "alpha": 1e-6})
+    X = np.linspace(0, 2, 50).reshape(-1, 1)
+    y = np.expm1(3 * X[:, 0])  # exactly linear on the log scale
+    np.testing.assert_allclose(ridge.fit(X, y).predict(X), y, rtol=1e-4, atol=1e-5)
+    # Far outside the training range the prediction is capped, not inf.
+    far = ridge.predict(np.array([[1e6]]))
+    assert np.isfinite(far).all() and far[0] == pytest.approx(np.expm1(np.log1p(y.max()) + 1))
+
+
+def test_fixed_params_are_checked_against_the_estimators() -> None:
+    from shipml.models.catalog import resolve_params
+
+    families = families_for("classification", ["random_forest"])
+    fixed = resolve_params("classification", families, {"random_forest": {"n_estimators": 100}})
+    assert fixed == {"random_forest": {"n_estimators": 100}}
+    for params, message in [
+        ({"random_forest": {"n_trees": 100}}, r"training.params.random_forest.n_trees: not a"),
+        ({"lightgbm": {"num_leaves": 7}}, r"training.params.lightgbm: 'lightgbm' is not among"),
+        ({"xgboost": {}}, r"training.params.xgboost: unknown model family"),
+        ({"random_forest": [100]}, r"training.params.random_forest: expected a mapping"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            resolve_params("classification", families, params)
+
+
+def test_baselines_can_be_left_out() -> None:
+    names = [f.name for f in families_for("classification", ["random_forest"], baselines=False)]
+    assert names == ["random_forest"]
+    auto = [f.name for f in families_for("regression", "auto", baselines=False)]
+    assert auto[0] == "lightgbm" and "mean" not in auto and "ridge" not in auto
+    named = families_for("regression", ["ridge", "lightgbm"], baselines=False)
+    assert [f.name for f in named] == ["ridge", "lightgbm"]

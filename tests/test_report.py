@@ -399,3 +399,37 @@ def test_search_history_zooms_past_a_far_weaker_baseline() -> None:
     # Without an outlier the axis is left alone.
     figure = plots.search_history_figure(history[1:], "roc_auc", greater_is_better=True)
     assert "off the scale" not in figure.axes[0].get_title()
+
+
+def test_learning_curve_ends_early_instead_of_overrunning(binary_inputs: ReportInputs) -> None:
+    from shipml.evaluation.inspection import LEARNING_SIZES, learning_curve_scores
+
+    args = (
+        binary_inputs.learning_estimator,
+        binary_inputs.X_train,
+        binary_inputs.y_train,
+        "roc_auc",
+        "classification",
+        150,
+        0,
+    )
+    sizes, train, valid = learning_curve_scores(*args)
+    assert len(sizes) == len(LEARNING_SIZES) and train.shape == valid.shape == (5, 3)
+    assert list(sizes) == sorted(sizes) and sizes[-1] == 100  # 2/3 of 150 rows
+    short, _, short_valid = learning_curve_scores(*args, seconds=0.0)
+    assert list(short) == [sizes[0]] and short_valid.shape == (1, 3)
+    html = build_report(replace(binary_inputs, learning_seconds=0.0))
+    assert f"The curve stops at {sizes[0]} rows" in section(html, "learning-curves")
+    assert "The curve stops" not in section(build_report(binary_inputs), "learning-curves")
+
+
+def test_report_plan_fits_the_time_left() -> None:
+    from shipml.training.reporting import plan_report
+
+    roomy = plan_report(60.0, 500, 10, 1e-5, 4000, 0.2)
+    assert (roomy.importance_repeats, roomy.importance_rows, roomy.learning_rows) == (5, 500, 4000)
+    tight = plan_report(6.0, 500, 10, 1e-5, 4000, 1.2)
+    assert 200 <= tight.learning_rows < 4000 and tight.learning_seconds is not None
+    assert tight.learning_seconds < 6.0
+    hopeless = plan_report(4.0, 500, 10, 1e-5, 4000, 5.0)
+    assert hopeless.learning_rows == 0 and "learning curves skipped" in hopeless.learning_skipped

@@ -12,11 +12,17 @@ from sklearn.datasets import load_breast_cancer
 
 from shipml.config import FeaturesConfig, TrainingConfig
 from shipml.data.infer import infer_schema
+from shipml.errors import ConfigError
 from shipml.models.catalog import families_for, resolve_grid
 from shipml.training.final import choose_threshold, threshold_metric
 from shipml.training.folds import prepare_folds
 from shipml.training.leaderboard import CandidateResult
-from shipml.training.search import Search, class_weight_policy, run_search
+from shipml.training.search import (
+    Search,
+    class_weight_policy,
+    run_search,
+    target_transform_policy,
+)
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +162,50 @@ def test_weighted_defaults_when_the_data_calls_for_it(small_folds) -> None:
     assert "class_weight" not in by_name["majority"].config
 
 
+def test_target_transform_policy() -> None:
+    skewed = pd.Series(np.exp(np.random.default_rng(0).normal(10, 1, 500)))  # prices
+    symmetric = pd.Series(np.random.default_rng(0).normal(10, 1, 500))
+    assert target_transform_policy("auto", skewed, "regression")[0] == "log"
+    assert target_transform_policy("auto", symmetric, "regression")[0] is None
+    assert target_transform_policy("auto", skewed - skewed.median(), "regression")[0] is None
+    assert target_transform_policy("none", skewed, "regression")[0] is None
+    assert target_transform_policy("log", symmetric, "regression")[0] == "log"
+    assert target_transform_policy("auto", skewed, "classification")[0] is None
+    with pytest.raises(ConfigError, match=r"target_transform: log needs a target >= 0"):
+        target_transform_policy("log", symmetric - 20, "regression")
+
+
+def test_log_target_reaches_every_candidate_but_the_mean() -> None:
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200)})
+    y = pd.Series(np.exp(2 + X["a"] + 0.3 * rng.normal(size=200)), name="y")
+    schema = infer_schema(X.assign(y=y), "y", "regression")
+    folds = prepare_folds(X, y, schema, FeaturesConfig(), 3, 0, ordered=False)
+    families = families_for("regression", ["lightgbm"])
+    config = TrainingConfig(trials=2, ensemble=False)
+    result = run_search(families, folds, "regression", "rmse", config, 1e12, target_transform="log")
+    by_family: dict[str, list[CandidateResult]] = {}
+    for r in result.leaderboard.results:
+        by_family.setdefault(r.family, []).append(r)
+    assert [r.config.get("target_transform") for r in by_family["mean"]] == [None]
+    for r in by_family["ridge"] + by_family["lightgbm"]:
+        assert r.status == "ok"
+        assert r.config["target_transform"] == r.params["target_transform"] == "log"
+    assert len(by_family["lightgbm"]) + len(by_family["ridge"]) == 2 + 2  # defaults + trials
+
+
+def test_catboost_cross_validates_with_class_weights(small_folds) -> None:
+    grid = {"catboost": {"iterations": [100], "class_weight": [None, "balanced"]}}
+    families = families_for("classification", ["catboost"])
+    config = TrainingConfig(search="grid", param_grid=grid, ensemble=False)
+    resolved = resolve_grid("classification", families, grid)
+    result = run_search(families, small_folds, "classification", "roc_auc", config, 1e12, resolved)
+    boosted = [r for r in result.leaderboard.results if r.family == "catboost"]
+    assert [r.status for r in boosted] == ["ok", "ok", "ok"]
+    assert all(r.mean("roc_auc") > 0.95 for r in boosted)
+    assert [r.params.get("auto_class_weights") for r in boosted] == [None, None, "Balanced"]
+
+
 def _proba(p1: list[float]) -> np.ndarray:
     p = np.asarray(p1)
     return np.column_stack([1 - p, p])
@@ -215,3 +265,20 @@ def test_portfolio_configurations_are_tried_first(small_folds) -> None:
     assert [r.family for r in tuned] == ["lightgbm", "lightgbm"]
     for r, config in zip(tuned, family.portfolio, strict=True):
         assert {k: r.config[k] for k in config} == config
+
+
+def test_fixed_params_hold_in_defaults_and_every_trial(small_folds) -> None:
+    config = TrainingConfig(trials=3, ensemble=False)
+    families = families_for("classification", ["random_forest"])
+    result = run_search(
+        families,
+        small_folds,
+        "classification",
+        "roc_auc",
+        config,
+        1e12,
+        fixed={"random_forest": {"n_estimators": 30}},
+    )
+    forests = [r for r in result.leaderboard.results if r.family == "random_forest"]
+    assert len(forests) >= 2
+    assert all(r.params["n_estimators"] == 30 for r in forests)

@@ -213,3 +213,29 @@ def test_report_is_fetched_from_mlflow_when_not_on_disk(tmp_path: Path) -> None:
     result = run_cli("report", "-c", config)
     assert result.exit_code == 0 and Path(result.output.strip()) == local
     assert local.read_bytes() == original
+
+
+def test_skewed_positive_target_is_learned_on_the_log_scale(tmp_path: Path) -> None:
+    """Prices: exp of a linear signal. The registered CatBoost (and ridge) learn log1p(price),
+    save and load through skops, and predict positive prices on the original scale."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"size": rng.uniform(20, 200, 400), "rooms": rng.integers(1, 6, 400)})
+    df["price"] = np.exp(9 + 0.02 * df["size"] + 0.1 * df["rooms"] + rng.normal(0, 0.2, 400))
+
+    def edit(raw: dict) -> None:
+        raw["training"].update(models=["catboost"], trials=0, ensemble=False)
+
+    config = make_project(tmp_path, df, "price", edit)
+    assert run_cli("train", "-c", config).exit_code == 0
+    project = Project.load(config)
+    version = project.models()[0]
+    run = project.store.client.get_run(version.run_id)
+    assert run.data.params["target_transform"] == "log"
+    assert "skewness" in run.data.params["target_transform_reason"]
+    children = {r.info.run_name: r.data.params for r in _child_runs(project, version.run_id)}
+    assert children["catboost"]["target_transform"] == "log"
+    assert "target_transform" not in children["mean"]
+    labelled = pd.read_csv(config.parent / "labelled.csv")
+    scored = project.predict(labelled.drop(columns="price"))
+    assert (scored["prediction"] > 0).all()
+    assert project.evaluate(labelled).metrics["r2"] > 0.5

@@ -343,6 +343,45 @@ def ui(
 
 @app.command()
 @handle_errors
+def serve(
+    config: ConfigOpt = Path("shipml.yaml"),
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes (about one per core).", min=1, max=64)
+    ] = 1,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="Log every request line.")
+    ] = False,
+) -> None:
+    """Serve the champion over HTTP: POST /predict and /predict/batch, GET /ready, /model,
+    /metrics (Prometheus), POST /feedback; API docs at /docs.
+
+    The champion loads in the background (/ready is 503 until then). When the champion alias
+    moves (`shipml promote`, a new training), running servers load the new version and swap
+    it in without failing a request. Every answered prediction is logged under
+    .shipml/predictions/.
+
+    Example: `shipml serve --port 8000`, then `curl -X POST localhost:8000/predict
+    -H 'Content-Type: application/json' -d '{"features": {...}}'`
+    """
+    from shipml.serving.run import check_port, prepare
+    from shipml.serving.run import serve as run_server
+
+    project = _project(config)
+    check_port(host, port)
+    warning = prepare(project, workers)
+    if warning:
+        console.print(f"[yellow]note:[/] {warning}")
+    console.print(
+        f"Serving '{project.config.name}' on http://{host}:{port} with {workers} worker"
+        f"{'s' if workers > 1 else ''} (API docs: /docs; Ctrl+C stops it)"
+    )
+    run_server(project, host, port, workers, access_log)
+
+
+@app.command()
+@handle_errors
 def quickstart(
     dir: Annotated[Path, typer.Option("--dir", help="Folder for the demo project.")] = Path(
         "shipml-quickstart"

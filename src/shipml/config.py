@@ -69,6 +69,9 @@ class SplitConfig(_Strict):
 
 class TrainingConfig(_Strict):
     models: Literal["auto"] | list[str] = "auto"
+    # false: the baselines are not trained, so the model is of a family in `models` (they still
+    # run when named there).
+    baselines: bool = True
     cv: int = Field(default=5, ge=2, le=20)
     metric: str | None = None
     time_budget_s: float = Field(default=120.0, gt=0)
@@ -82,8 +85,14 @@ class TrainingConfig(_Strict):
     # For search: grid. Either {family: {param: [values]}} or, cheat-sheet style, {param: [values]}
     # for every family that takes all those parameters.
     param_grid: dict[str, Any] = Field(default_factory=dict)
+    # Fixed hyperparameters per family, {random_forest: {n_estimators: 100}}: they replace the
+    # family's defaults and hold in every search trial.
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ensemble: bool = True
     class_weight: Literal["auto", "balanced", "none"] = "auto"
+    # Regression: auto learns a non-negative, right-skewed target on the log scale (log1p);
+    # log always does (the target must be >= 0); none never does.
+    target_transform: Literal["auto", "log", "none"] = "auto"
     # Binary problems: auto picks the decision threshold on out-of-fold predictions; none keeps
     # 0.5; a number fixes it.
     threshold: Literal["auto", "none"] | float = "auto"
@@ -127,6 +136,15 @@ class GateConfig(_Strict):
 
 class ServingConfig(_Strict):
     log_predictions: bool = True
+    # Requests: a body over max_body_bytes is 413; a batch over max_batch_rows is 422.
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    # How often each server process checks whether the champion alias moved.
+    reload_interval_s: float = Field(default=2.0, gt=0.0, le=3600.0)
+    # The prediction log reaches the OS before each answer; fsync to disk runs this often.
+    fsync_interval_s: float = Field(default=1.0, gt=0.0, le=3600.0)
+    # Bearer token for /admin endpoints ($SHIPML_ADMIN_TOKEN wins); unset: they are off.
+    admin_token: str | None = Field(default=None, min_length=8)
 
 
 class MonitoringConfig(_Strict):

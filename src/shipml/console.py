@@ -160,6 +160,10 @@ def train_summary(result: TrainResult) -> None:
     )
     if "report" in result.paths:
         console.print(f"  report: {result.paths['report']}")
+    if result.inference == "fast":
+        console.print(f"  serving: fast inference path (ONNX), {result.inference_note}")
+    else:
+        console.print(f"  serving: the native model ({result.inference_note})")
 
 
 def versions_table(name: str, versions: list[VersionInfo]) -> Table:

@@ -29,6 +29,8 @@ DATETIME_PARTS: tuple[str, ...] = ("year", "month", "day", "dayofweek", "hour")
 SKOPS_TRUSTED_PREFIXES: tuple[str, ...] = (
     "sklearn.",
     "lightgbm.",
+    "catboost.core.CatBoostClassifier",
+    "catboost.core.CatBoostRegressor",
     "numpy.",
     "scipy.",
     "shipml.",

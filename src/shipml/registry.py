@@ -41,7 +41,15 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 _HISTORY_TAG = "shipml.champion_history"
 _SHA_TAG = "shipml.model_sha256"
-MODEL_REQUIREMENTS = ("scikit-learn", "skops", "lightgbm", "pandas", "numpy", "scipy")
+MODEL_REQUIREMENTS = (
+    "scikit-learn",
+    "skops",
+    "lightgbm",
+    "catboost",
+    "pandas",
+    "numpy",
+    "scipy",
+)
 
 
 @dataclass
@@ -57,6 +65,14 @@ class Store:
     @property
     def shipml_dir(self) -> Path:
         return self.root / ".shipml"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file of the tracking store, when it is one."""
+        prefix = "sqlite:///"
+        if not self.tracking_uri.startswith(prefix):
+            return None
+        return Path(self.tracking_uri[len(prefix) :])
 
 
 @dataclass
@@ -229,6 +245,18 @@ class RunRecorder:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return info.model_uri, sha
+
+    def log_bytes(self, data: bytes, artifact_file: str) -> str:
+        """Log ``data`` as one artifact file; returns its sha256."""
+        scratch = Path(tempfile.mkdtemp(prefix="shipml-"))
+        try:
+            path = scratch / Path(artifact_file).name
+            path.write_bytes(data)
+            parent = str(Path(artifact_file).parent)
+            self.log_file(path, None if parent == "." else parent)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return hashlib.sha256(data).hexdigest()
 
     def finish(self, status: str = "FINISHED") -> None:
         self.store.client.set_terminated(self.run_id, status)
@@ -430,16 +458,7 @@ def load(store: Store, ref: str | int = CHAMPION) -> LoadedModel:
     expected_sha = (mv.tags or {}).get(_SHA_TAG)
     cache = store.shipml_dir / "cache" / store.model_name / str(version)
     if not (cache / "MLmodel").is_file():
-        tmp = Path(tempfile.mkdtemp(dir=store.shipml_dir))
-        try:
-            mlflow.artifacts.download_artifacts(
-                f"models:/{store.model_name}/{version}", dst_path=str(tmp)
-            )
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(cache, ignore_errors=True)
-            os.replace(tmp, cache)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _fill_cache(store, version, cache)
     mlmodel = yaml.safe_load((cache / "MLmodel").read_text())
     flavor = mlmodel.get("flavors", {}).get("sklearn", {})
     if flavor.get("serialization_format") != "skops":
@@ -461,6 +480,59 @@ def load(store: Store, ref: str | int = CHAMPION) -> LoadedModel:
     meta = dict((mlmodel.get("metadata") or {}).get("shipml", {}))
     schema = Schema.from_dict(meta.pop("schema"))
     return LoadedModel(version=version, pipeline=pipeline, schema=schema, metadata=meta)
+
+
+FAST_ARTIFACT = "fastpath/model.fast"
+FAST_SHA_TAG = "shipml.fast_sha256"
+
+
+def load_fast(store: Store, version: int) -> bytes | None:
+    """The verified fast-inference copy of ``version`` (see shipml.models.fastpath), checked
+    against the sha256 recorded at registration; None when the version has none."""
+    expected = (_get_version(store, version).tags or {}).get(FAST_SHA_TAG)
+    if not expected:
+        return None
+    folder = store.shipml_dir / "cache" / store.model_name / f"{version}-fast"
+    path = folder / Path(FAST_ARTIFACT).name
+    if not path.is_file() and not fetch_artifact(store, version, FAST_ARTIFACT, folder):
+        raise RegistryError(
+            f"version {version}: its fast-inference copy is missing from the artifact store",
+            "serve it anyway: the native model is used; retrain to make a new copy",
+        )
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        path.unlink(missing_ok=True)
+        raise RegistryError(
+            f"version {version}: fast-inference copy checksum does not match the registry "
+            f"({actual[:12]} != {expected[:12]})",
+            "the artifact was changed after registration; the native model serves",
+        )
+    return data
+
+
+def _fill_cache(store: Store, version: int, cache: Path) -> None:
+    """Download a version into the cache folder atomically. Several server workers may do this
+    at once: the first rename wins and the others use its copy; a folder left half-written by a
+    crash is moved aside first (it has no MLmodel)."""
+    tmp = Path(tempfile.mkdtemp(dir=store.shipml_dir))
+    try:
+        mlflow.artifacts.download_artifacts(
+            f"models:/{store.model_name}/{version}", dst_path=str(tmp)
+        )
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        if cache.exists() and not (cache / "MLmodel").is_file():
+            stale = Path(tempfile.mkdtemp(dir=store.shipml_dir))
+            with contextlib.suppress(OSError):
+                os.replace(cache, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, cache)
+        except OSError:
+            if not (cache / "MLmodel").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _model_file(model_dir: Path) -> str:

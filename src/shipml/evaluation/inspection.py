@@ -4,6 +4,7 @@ curves. Both score with the project's metric through its scikit-learn scoring st
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any
 
@@ -141,28 +142,49 @@ def learning_curve_scores(
     task: str,
     max_rows: int,
     seed: int,
+    seconds: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(training rows, training scores, validation scores), scores in the metric's own units
     (one column per fold), from refitting the unfitted ``estimator`` on growing subsets with
-    3-fold CV (stratified for classification) on at most ``max_rows`` sampled rows."""
-    from sklearn.model_selection import KFold, StratifiedKFold, learning_curve
+    3-fold CV (stratified for classification) on at most ``max_rows`` sampled rows.
 
+    Sizes run smallest first; with ``seconds``, no larger size starts once they are spent (the
+    curve then ends early: at least the smallest size is always scored)."""
+    from sklearn.base import clone
+    from sklearn.metrics import get_scorer
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    started = time.monotonic()
     X, y = _sample(X, y, max_rows, task, seed)
     stratified = task == "classification" and y.value_counts().min() >= LEARNING_FOLDS
     folds = StratifiedKFold if stratified else KFold
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sizes, train, valid = learning_curve(
-            estimator,
-            X,
-            y,
-            train_sizes=LEARNING_SIZES,
-            cv=folds(LEARNING_FOLDS, shuffle=True, random_state=seed),
-            scoring=scoring_for(metric, _n_classes(y, task)),
-            n_jobs=1,
-            shuffle=True,  # subsets are taken in table order: a sorted table gives one class
-            random_state=seed,
-            error_score=np.nan,
-        )[:3]
+    splits = list(folds(LEARNING_FOLDS, shuffle=True, random_state=seed).split(X, y))
+    scorer = get_scorer(scoring_for(metric, _n_classes(y, task)))
+    rng = np.random.default_rng(seed)
+    # Subsets are prefixes of a shuffled order: a table sorted by the target gives every class.
+    orders = [rng.permutation(train) for train, _ in splits]
+    smallest = min(len(order) for order in orders)
+    sizes = sorted({max(2, round(float(share) * smallest)) for share in LEARNING_SIZES})
+    done: list[int] = []
+    train_scores: list[list[float]] = []
+    valid_scores: list[list[float]] = []
+    for size in sizes:
+        if done and seconds is not None and time.monotonic() - started > seconds:
+            break
+        row_train, row_valid = [], []
+        for order, (_, valid) in zip(orders, splits, strict=True):
+            subset = order[:size]
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model = clone(estimator).fit(X.iloc[subset], y.iloc[subset])
+                    row_train.append(float(scorer(model, X.iloc[subset], y.iloc[subset])))
+                    row_valid.append(float(scorer(model, X.iloc[valid], y.iloc[valid])))
+            except Exception:  # a subset may lack a class: that point is left out
+                row_train.append(np.nan)
+                row_valid.append(np.nan)
+        done.append(size)
+        train_scores.append(row_train)
+        valid_scores.append(row_valid)
     sign = 1.0 if metric_spec(metric).greater_is_better else -1.0
-    return np.asarray(sizes), sign * np.asarray(train), sign * np.asarray(valid)
+    return np.asarray(done), sign * np.asarray(train_scores), sign * np.asarray(valid_scores)

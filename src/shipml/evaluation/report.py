@@ -25,6 +25,7 @@ from jinja2 import Environment, StrictUndefined, Template
 from shipml.evaluation import plots
 from shipml.evaluation.inspection import (
     LEARNING_FOLDS,
+    LEARNING_SIZES,
     learning_curve_scores,
     permutation_importances,
 )
@@ -69,6 +70,7 @@ class ReportInputs:
     importance_repeats: int = 5
     max_importance_rows: int = 5000
     learning_skipped: str = ""  # why there is no learning curve, when learning_estimator is None
+    learning_seconds: float | None = None  # no larger subset starts after this many seconds
 
 
 @dataclass
@@ -304,7 +306,10 @@ def _learning(inputs: ReportInputs) -> FigureSection:
         "A gap that narrows with more rows suggests more data would help."
     )
 
+    cut_short = ""
+
     def build() -> Figure:
+        nonlocal cut_short
         sizes, train, valid = learning_curve_scores(
             inputs.learning_estimator,
             inputs.X_train,
@@ -313,10 +318,18 @@ def _learning(inputs: ReportInputs) -> FigureSection:
             task,
             inputs.max_learning_rows,
             inputs.seed,
+            inputs.learning_seconds,
         )
+        if len(sizes) < len(LEARNING_SIZES):
+            cut_short = (
+                f" The curve stops at {sizes[-1]} rows: the time budget had no room for larger "
+                "subsets; a larger --time-budget draws all of it."
+            )
         return plots.learning_curve_figure(sizes, train, valid, inputs.metric)
 
-    return _draw("learning-curves", title, build, caption)
+    section = _draw("learning-curves", title, build, caption)
+    section.caption += cut_short
+    return section
 
 
 def _search(inputs: ReportInputs) -> tuple[FigureSection, list[dict[str, Any]]]:

@@ -7,11 +7,14 @@ Optuna samples from (`shipml.training.search`); `training.search: grid` uses the
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sklearn.base import BaseEstimator
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import TransformedTargetRegressor
 from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.ensemble import (
     ExtraTreesClassifier,
@@ -51,9 +54,43 @@ class Family:
     # Hand-picked configurations the search tries first, after the defaults (points of the
     # space): strong starting points for different kinds of data, as AutoGluon's portfolios.
     portfolio: tuple[Params, ...] = ()
+    # Whether a log-transformed target may be used (not for the mean baseline: it would
+    # predict the geometric mean).
+    target_transform: bool = True
 
     def build(self, seed: int, params: Params | None = None) -> BaseEstimator:
-        return self.make({**self.defaults, **(params or {})}, seed)
+        """The estimator for ``params`` over the defaults. ``target_transform: log`` (set by the
+        search for skewed, positive regression targets) fits on log1p(y) and predicts back on
+        the original scale."""
+        merged = {**self.defaults, **(params or {})}
+        transform = merged.pop(TARGET_TRANSFORM, None)
+        estimator = self.make(merged, seed)
+        if transform == "log":
+            return TransformedTargetRegressor(
+                regressor=estimator, transformer=LogTarget(), check_inverse=False
+            )
+        return estimator
+
+
+class LogTarget(TransformerMixin, BaseEstimator):
+    """log1p of a non-negative target, and back. Predictions come back clipped to one unit
+    (a factor of e) beyond the training range on the log scale: an extrapolating linear model
+    cannot overflow expm1 into inf."""
+
+    def fit(self, y: Any, _: Any = None) -> LogTarget:
+        logged = np.log1p(np.asarray(y, dtype=float))
+        self.low_ = float(np.nanmin(logged)) - 1.0
+        self.high_ = float(np.nanmax(logged)) + 1.0
+        return self
+
+    def transform(self, y: Any) -> np.ndarray:
+        return np.log1p(np.asarray(y, dtype=float))
+
+    def inverse_transform(self, y: Any) -> np.ndarray:
+        return np.expm1(np.clip(np.asarray(y, dtype=float), self.low_, self.high_))
+
+
+TARGET_TRANSFORM = "target_transform"  # a config key Family.build takes, not the estimator
 
 
 def _lightgbm(task: str) -> Callable[[Params, int], BaseEstimator]:
@@ -76,6 +113,36 @@ def _lightgbm_space(trial: optuna.Trial) -> Params:
         "subsample": trial.suggest_float("subsample", 0.5, 1.0),
         "colsample_bytree": trial.suggest_float("colsample_bytree", 0.3, 1.0),
         "reg_lambda": trial.suggest_float("reg_lambda", 1e-8, 10.0, log=True),
+    }
+
+
+def _catboost(task: str) -> Callable[[Params, int], BaseEstimator]:
+    def make(params: Params, seed: int) -> BaseEstimator:
+        from catboost import CatBoostClassifier, CatBoostRegressor
+
+        params = dict(params)
+        fixed: Params = {
+            "thread_count": N_JOBS,
+            "random_seed": seed,
+            "verbose": 0,
+            "allow_writing_files": False,  # no catboost_info/ folder in the user's project
+        }
+        if params.pop("class_weight", None) == "balanced":
+            fixed["auto_class_weights"] = "Balanced"
+        if task == "classification":
+            return CatBoostClassifier(**params, **fixed)
+        return CatBoostRegressor(**params, **fixed)
+
+    return make
+
+
+def _catboost_space(trial: optuna.Trial) -> Params:
+    return {
+        # Depth 8 costs about four times depth 6 per iteration: too slow for short budgets.
+        "iterations": trial.suggest_int("iterations", 200, 800, step=100),
+        "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+        "depth": trial.suggest_int("depth", 4, 7),
+        "l2_leaf_reg": trial.suggest_float("l2_leaf_reg", 1.0, 10.0, log=True),
     }
 
 
@@ -170,6 +237,15 @@ def _stronger(task: str) -> list[Family]:
             ),
         ),
         Family(
+            "catboost",
+            False,
+            _catboost(task),
+            "CatBoost gradient boosting (symmetric trees)",
+            {"iterations": 500, "learning_rate": 0.06, "depth": 6, "l2_leaf_reg": 3.0},
+            _catboost_space,
+            class_weight=True,
+        ),
+        Family(
             "hist_gradient_boosting",
             False,
             _hist_gradient_boosting(task),
@@ -232,6 +308,7 @@ _BASELINES = {
             True,
             lambda params, seed: DummyRegressor(strategy="mean"),
             "predicts the training mean (baseline)",
+            target_transform=False,
         ),
         Family(
             "ridge",
@@ -251,23 +328,29 @@ CATALOG: dict[str, dict[str, Family]] = {
 }
 
 
-def families_for(task: str, models: str | list[str]) -> list[Family]:
+def families_for(task: str, models: str | list[str], baselines: bool = True) -> list[Family]:
     """The families to train, in catalog order; ``models`` is 'auto' or names. The baselines
-    always run, so every leaderboard shows what a trivial model scores."""
+    run too, so every leaderboard shows what a trivial model scores, unless ``baselines`` is
+    False (then only the stronger or named families compete: the model is of a family the user
+    chose, e.g. for a benchmark)."""
     catalog = CATALOG[task]
-    if models == "auto":
-        return list(catalog.values())
-    unknown = [m for m in models if m not in catalog]
-    if unknown:
-        raise ConfigError(
-            f"training.models: unknown model family '{unknown[0]}' for {task}",
-            f"use 'auto' or some of: {', '.join(catalog)}",
-        )
-    if not models:
-        raise ConfigError(
-            "training.models is empty", f"use 'auto' or some of: {', '.join(catalog)}"
-        )
-    return [f for f in catalog.values() if f.baseline or f.name in models]
+    if models != "auto":
+        unknown = [m for m in models if m not in catalog]
+        if unknown:
+            raise ConfigError(
+                f"training.models: unknown model family '{unknown[0]}' for {task}",
+                f"use 'auto' or some of: {', '.join(catalog)}",
+            )
+        if not models:
+            raise ConfigError(
+                "training.models is empty", f"use 'auto' or some of: {', '.join(catalog)}"
+            )
+    named = set(catalog) if models == "auto" else set(models)
+    return [
+        f
+        for f in catalog.values()
+        if (f.baseline and baselines) or (f.name in named and (not f.baseline or models != "auto"))
+    ]
 
 
 def resolve_grid(
@@ -303,17 +386,60 @@ def resolve_grid(
             grids[name] = _checked_grid(chosen[name], grid, f"training.param_grid.{name}")
         return grids
     _checked_values(param_grid, "training.param_grid")
-    takers = [
-        f
-        for f in families
-        if not f.baseline and set(param_grid) <= set(f.build(0).get_params(deep=False))
-    ]
+    takers = [f for f in families if not f.baseline and set(param_grid) <= _param_names(f)]
     if not takers:
         raise ConfigError(
             f"training.param_grid: no model family takes all of {', '.join(param_grid)}",
             "key the grid by family, e.g. {random_forest: {n_estimators: [100, 300]}}",
         )
     return {f.name: dict(param_grid) for f in takers}
+
+
+def resolve_params(
+    task: str, families: list[Family], params: dict[str, dict[str, Any]]
+) -> dict[str, Params]:
+    """``training.params`` checked against the chosen families' estimators."""
+    chosen = {f.name: f for f in families}
+    for name, values in params.items():
+        if name not in CATALOG[task]:
+            raise ConfigError(
+                f"training.params.{name}: unknown model family for {task}",
+                f"use some of: {', '.join(CATALOG[task])}",
+            )
+        if name not in chosen:
+            raise ConfigError(
+                f"training.params.{name}: '{name}' is not among training.models",
+                "add it to training.models or remove it from training.params",
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"training.params.{name}: expected a mapping of parameter: value",
+                "for example {n_estimators: 100}",
+            )
+        known = _param_names(chosen[name])
+        for param in values:
+            if param not in known:
+                raise ConfigError(
+                    f"training.params.{name}.{param}: not a parameter of "
+                    f"{type(chosen[name].build(0)).__name__}",
+                    f"its parameters: {', '.join(sorted(known))}",
+                )
+    return {name: dict(values) for name, values in params.items()}
+
+
+def _param_names(family: Family) -> set[str]:
+    """The hyperparameters a grid may set: the estimator's (CatBoost lists only those given to
+    it, so its constructor's names too), and class_weight where the family takes it."""
+    estimator = family.build(0)
+    names = set(estimator.get_params(deep=False))
+    names |= {
+        p.name
+        for p in inspect.signature(type(estimator).__init__).parameters.values()
+        if p.name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+    if family.class_weight:
+        names.add("class_weight")
+    return names
 
 
 def _checked_values(grid: dict[str, Any], where: str) -> None:
@@ -327,7 +453,7 @@ def _checked_values(grid: dict[str, Any], where: str) -> None:
 
 def _checked_grid(family: Family, grid: dict[str, Any], where: str) -> dict[str, list[Any]]:
     _checked_values(grid, where)
-    known = family.build(0).get_params(deep=False)
+    known = _param_names(family)
     for param in grid:
         if param not in known:
             raise ConfigError(

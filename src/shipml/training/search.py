@@ -26,12 +26,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 from sklearn.base import clone
+from sklearn.compose import TransformedTargetRegressor
 from sklearn.model_selection import ParameterGrid
 
 from shipml.config import TrainingConfig
+from shipml.errors import ConfigError
 from shipml.evaluation.metrics import METRICS
-from shipml.models.catalog import Family, Params
+from shipml.models.catalog import TARGET_TRANSFORM, Family, Params
 from shipml.training.ensemble import greedy_ensemble
 from shipml.training.folds import FoldSet
 from shipml.training.leaderboard import CandidateResult, Leaderboard, fold_metrics, fold_output
@@ -80,6 +83,8 @@ class Search:
         class_weight: str | None,
         on_event: EventHandler | None = None,
         reserve: Callable[[list[CandidateResult]], float] | None = None,
+        target_transform: str | None = None,
+        fixed: dict[str, Params] | None = None,
     ) -> None:
         self.families = families
         self.folds = folds
@@ -90,6 +95,8 @@ class Search:
         self.seed = training.seed
         self.deadline = deadline
         self.class_weight = class_weight  # "balanced" for the defaults, or None
+        self.target_transform = target_transform  # "log" for every regression family, or None
+        self.fixed = fixed or {}  # training.params: per family, values every trial keeps
         self.emit = on_event or (lambda *a, **k: None)
         self.reserve = reserve or (lambda results: 0.0)
         self.sign = 1.0 if METRICS[metric].greater_is_better else -1.0
@@ -190,9 +197,14 @@ class Search:
     # --- the phases ------------------------------------------------------------------------
 
     def defaults_config(self, family: Family) -> Params:
-        config = dict(family.defaults)
+        config = {**family.defaults, **self.fixed.get(family.name, {})}
         if family.class_weight and self.class_weight:
             config["class_weight"] = self.class_weight
+        return self._with_transform(family, config)
+
+    def _with_transform(self, family: Family, config: Params) -> Params:
+        if self.target_transform and family.target_transform:
+            config[TARGET_TRANSFORM] = self.target_transform
         return config
 
     def run_defaults(self) -> None:
@@ -274,12 +286,16 @@ class Search:
         if family.class_weight and self.task == "classification":
             weight = trial.suggest_categorical("class_weight", ["none", "balanced"])
             config["class_weight"] = None if weight == "none" else weight
-        return config
+        config.update(self.fixed.get(family.name, {}))
+        return self._with_transform(family, config)
 
     def _seed_study(self, study: Any, family: Family) -> None:
         """The default-hyperparameter run is the study's first trial, so TPE starts from it."""
         default = next(r for r in self.results if r.family == family.name and r.trial == 0)
-        enqueued = {k: v for k, v in default.config.items()}
+        fixed = self.fixed.get(family.name, {})
+        enqueued = {
+            k: v for k, v in default.config.items() if k != TARGET_TRANSFORM and k not in fixed
+        }
         if family.class_weight and self.task == "classification":
             enqueued["class_weight"] = default.config.get("class_weight") or "none"
         study.enqueue_trial(enqueued, skip_if_exists=True)
@@ -360,10 +376,22 @@ def run_search(
     class_weight: str | None = None,
     on_event: EventHandler | None = None,
     reserve: Callable[[list[CandidateResult]], float] | None = None,
+    target_transform: str | None = None,
+    fixed: dict[str, Params] | None = None,
 ) -> SearchResult:
     """Defaults, then the configured search, then the ensemble: see the module docstring."""
     search = Search(
-        families, folds, task, metric, training, deadline, class_weight, on_event, reserve
+        families,
+        folds,
+        task,
+        metric,
+        training,
+        deadline,
+        class_weight,
+        on_event,
+        reserve,
+        target_transform,
+        fixed,
     )
     search.run_defaults()
     if training.search == "optuna":
@@ -377,6 +405,8 @@ def run_search(
 
 
 def _plain_params(estimator: Any) -> dict[str, Any]:
+    if isinstance(estimator, TransformedTargetRegressor):
+        return {**_plain_params(estimator.regressor), TARGET_TRANSFORM: "log"}
     params = estimator.get_params(deep=False)
     return {k: v for k, v in params.items() if isinstance(v, int | float | str | bool | type(None))}
 
@@ -397,3 +427,29 @@ def class_weight_policy(
     if ratio < 0.5 and even_handed:
         return "balanced", f"smallest/largest class = {ratio:.2f} and {metric} weighs classes alike"
     return None, f"smallest/largest class = {ratio:.2f}"
+
+
+# A positive target skewed at least this much is learned on the log scale.
+LOG_TARGET_SKEW = 1.0
+
+
+def target_transform_policy(setting: str, y: pd.Series, task: str) -> tuple[str | None, str]:
+    """('log' or None, why). ``auto`` learns a non-negative, right-skewed regression target
+    (prices, counts, durations) as log1p(y): the trees then split on relative differences and
+    the squared error no longer chases the few largest values."""
+    if task != "regression" or setting == "none":
+        return None, "off"
+    values = pd.to_numeric(y, errors="coerce").astype(float)
+    lowest = float(values.min())
+    if setting == "log":
+        if lowest < 0:
+            raise ConfigError(
+                f"training.target_transform: log needs a target >= 0; its lowest value is "
+                f"{lowest:g}",
+                "use target_transform: none (or auto)",
+            )
+        return "log", "training.target_transform: log"
+    skew = float(scipy.stats.skew(values.dropna().to_numpy()))
+    if lowest >= 0 and skew >= LOG_TARGET_SKEW:
+        return "log", f"target >= 0 with skewness {skew:.2f}"
+    return None, f"skewness {skew:.2f}" + ("" if lowest >= 0 else ", negative values")

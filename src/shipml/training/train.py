@@ -30,7 +30,8 @@ from shipml.evaluation.metrics import (
     default_metric,
     regression_metrics,
 )
-from shipml.models.catalog import families_for, resolve_grid
+from shipml.models.bagged import BaggedEnsemble
+from shipml.models.catalog import families_for, resolve_grid, resolve_params
 from shipml.project import report_file
 from shipml.training.final import (
     build_final_model,
@@ -50,7 +51,12 @@ from shipml.training.reporting import (
     report_reserve,
     write_training_report,
 )
-from shipml.training.search import EventHandler, class_weight_policy, run_search
+from shipml.training.search import (
+    EventHandler,
+    class_weight_policy,
+    run_search,
+    target_transform_policy,
+)
 
 # Seconds kept back from the budget for the refit's bookkeeping: evaluation and MLflow logging.
 _FIXED_OVERHEAD_S = 3.0
@@ -77,6 +83,8 @@ class TrainResult:
     paths: dict[str, Path] = field(default_factory=dict)
     threshold: float | None = None
     search_trials: int = 0
+    inference: str = "native"  # "fast": a verified ONNX/numpy copy serves it (shipml serve)
+    inference_note: str = ""
 
 
 def load_training_table(config: ProjectConfig, root: Path, data: str | Path | None) -> pd.DataFrame:
@@ -199,6 +207,30 @@ def prepare_data(
     )
 
 
+def _fast_copy(
+    model: BaggedEnsemble, schema: Schema, X_test: pd.DataFrame, recorder: registry.RunRecorder
+) -> tuple[str, str, str | None]:
+    """Build the fast-inference copy (ONNX trees, numpy preprocessing) and keep it only when it
+    matches the model on the held-out split: ("fast" | "native", why, sha256 of the copy)."""
+    from shipml.models.fastpath import FastPredictor, verify
+
+    try:
+        fast, reason = FastPredictor.build(model, schema)
+        if fast is None:
+            return "native", reason, None
+        check = verify(fast, model, X_test)
+        if not check.ok:
+            return "native", f"the fast copy differs on the test split: {check.reason}", None
+        sha = recorder.log_bytes(fast.to_bytes(), registry.FAST_ARTIFACT)
+    except Exception as err:  # the fast path is an optimisation: never fail a training for it
+        return "native", f"fast copy failed: {type(err).__name__}: {err}"[:300], None
+    note = (
+        f"matches the model on {check.rows} test rows (labels identical, largest difference "
+        f"{check.max_abs_diff:.1e})"
+    )
+    return "fast", note, sha
+
+
 def _no_model_error(leaderboard: Leaderboard) -> TrainingError:
     reasons: dict[str, list[str]] = {}
     for r in leaderboard.results:
@@ -249,7 +281,7 @@ def train(
     deadline = started + budget - max(_FIXED_OVERHEAD_S, 0.05 * budget)
     prepared = prepare_data(config, root, data, emit)
     schema, metric = prepared.schema, prepared.metric
-    families = families_for(schema.task, config.training.models)
+    families = families_for(schema.task, config.training.models, config.training.baselines)
     seed = config.training.seed
 
     store = registry.open_store(root, config.name, config.tracking_uri)
@@ -297,6 +329,10 @@ def train(
         class_weight, weight_reason = class_weight_policy(
             config.training.class_weight, metric, prepared.y_train, schema.task
         )
+        target_transform, transform_reason = target_transform_policy(
+            config.training.target_transform, prepared.y_train, schema.task
+        )
+        fixed = resolve_params(schema.task, families, config.training.params)
         grid = None
         if config.training.search == "grid":
             grid = resolve_grid(schema.task, families, config.training.param_grid)
@@ -327,6 +363,8 @@ def train(
             class_weight=class_weight,
             on_event=on_candidate,
             reserve=reserve,
+            target_transform=target_transform,
+            fixed=fixed,
         )
         leaderboard = search.leaderboard
         recorder.log_dict(leaderboard.to_records(), "leaderboard/leaderboard.json")
@@ -353,6 +391,8 @@ def train(
                 "search_trials": search.trials,
                 "class_weight": class_weight or "none",
                 "class_weight_reason": weight_reason,
+                "target_transform": target_transform or "none",
+                "target_transform_reason": transform_reason,
                 "decision_threshold": "none" if threshold is None else f"{threshold:.4f}",
             }
         )
@@ -386,6 +426,9 @@ def train(
         _log_evaluation(recorder, test_metrics, extras, scored, prepared.X_test, prepared.y_test)
         recorder.log_metrics({f"best_{k}": v for k, v in best.summary().items()})
 
+        emit("stage", name="Checking the fast inference path")
+        inference, inference_note, fast_sha = _fast_copy(model, schema, prepared.X_test, recorder)
+
         emit("stage", name="Registering the model")
         meta = {
             "family": best.name,
@@ -410,6 +453,9 @@ def train(
                 "shipml.cv_mean": f"{best.mean(metric):.6g}",
                 "shipml.threshold": "" if threshold is None else f"{threshold:.6g}",
                 "shipml.run_id": recorder.run_id,
+                "shipml.inference": inference,
+                "shipml.inference_note": inference_note,
+                **({registry.FAST_SHA_TAG: fast_sha} if fast_sha else {}),
             },
         )
         alias = registry.assign_new_version_alias(store, version)
@@ -475,6 +521,8 @@ def train(
         },
         threshold=threshold,
         search_trials=search.trials,
+        inference=inference,
+        inference_note=inference_note,
     )
 
 
@@ -482,6 +530,7 @@ _ENV_PACKAGES = (
     "shipml",
     "scikit-learn",
     "lightgbm",
+    "catboost",
     "pandas",
     "numpy",
     "scipy",

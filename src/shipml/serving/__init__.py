@@ -1,0 +1,1 @@
+"""Serving the champion: the FastAPI app, fast inference, metrics and the prediction log."""

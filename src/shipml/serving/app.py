@@ -1,0 +1,622 @@
+"""The prediction service: a FastAPI app built by a factory from a project's shipml.yaml.
+
+Routes (contract: ARCHITECTURE.md, REST): POST /predict, POST /predict/batch, POST /feedback,
+GET /health, GET /ready, GET /model, GET /metrics, POST /admin/reload (token).
+
+- The champion loads in the background at startup: /ready answers 503 until it is in.
+- Zero-downtime swap: a watcher polls the registry's champion alias; when it moves, the new
+  version loads beside the old one and replaces it in one reference assignment. A request takes
+  the model once, at its start, so it finishes on the model it started with, and every answer
+  names the version that made it.
+- Bodies are parsed straight from bytes by the current model's pydantic models (pydantic-core's
+  JSON parser), so the schema follows the model across swaps and the OpenAPI document at /docs is
+  rebuilt from it. Bad input is a 4xx naming the field; never a 500.
+- Every answered prediction is appended to the prediction log before the answer goes out.
+"""
+
+from __future__ import annotations
+
+import gc
+import hmac
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+
+from shipml import registry
+from shipml.config import ProjectConfig
+from shipml.data.coerce import category_str
+from shipml.data.schema import Schema
+from shipml.errors import ShipmlError
+from shipml.project import Project
+from shipml.serving.metrics import ServingMetrics
+from shipml.serving.predlog import PredictionLog
+from shipml.serving.requests import (
+    FeedbackRequest,
+    RequestModels,
+    columns_from_values,
+    frame_from_columns,
+)
+
+log = logging.getLogger("shipml.serving")
+
+CONFIG_ENV = "SHIPML_CONFIG"
+ADMIN_TOKEN_ENV = "SHIPML_ADMIN_TOKEN"
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _single_threaded(estimator: Any) -> None:
+    """One request is one row or one batch: thread pools cost more than they save here, and
+    each worker process is one core's worth of serving."""
+    params = estimator.get_params() if hasattr(estimator, "get_params") else {}
+    for key in ("n_jobs", "regressor__n_jobs"):
+        if key in params:
+            estimator.set_params(**{key: 1})
+
+
+@dataclass
+class ServedModel:
+    """One loaded version with everything a request needs."""
+
+    version: int
+    schema: Schema
+    pipeline: Any
+    metadata: dict[str, Any]
+    requests: RequestModels
+    columns: list[str]
+    classes: list[Any] | None
+    class_keys: list[str]
+    threshold: float | None
+    family: str
+    inference: str = "native"
+    inference_note: str = ""
+    fast: Any = None
+    loaded_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def load(cls, store: registry.Store, ref: str | int, max_batch_rows: int) -> ServedModel:
+        loaded = registry.load(store, ref)
+        pipeline = loaded.pipeline
+        fast, inference, note = None, "native", "no fast copy was registered"
+        try:
+            blob = registry.load_fast(store, loaded.version)
+            if blob is not None:
+                from shipml.models.fastpath import FastPredictor
+
+                fast = FastPredictor.from_bytes(blob)
+                inference, note = "fast", "ONNX trees and numpy preprocessing, verified at training"
+        except Exception as err:  # the native model always works: serve it and say why
+            note = f"fast copy not used: {err}"
+            log.warning("version %s: %s", loaded.version, note)
+        for _, _, estimator in getattr(pipeline, "parts", []):
+            _single_threaded(estimator)
+        classes_ = getattr(pipeline, "classes_", None)
+        classes = None if classes_ is None else [_plain(c) for c in classes_]
+        schema = loaded.schema
+        return cls(
+            version=loaded.version,
+            schema=schema,
+            pipeline=pipeline,
+            metadata=loaded.metadata,
+            requests=RequestModels(schema, max_batch_rows),
+            columns=list(schema.input_columns),
+            classes=classes,
+            class_keys=[category_str(c) for c in classes] if classes else [],
+            threshold=getattr(pipeline, "threshold", None),
+            family=str(loaded.metadata.get("family", "")),
+            inference=inference,
+            inference_note=note,
+            fast=fast,
+        )
+
+    def outputs(self, values: list[list[Any]]) -> np.ndarray:
+        """Probabilities (classification) or predictions for rows given one list per column."""
+        columns = columns_from_values(self.schema, self.columns, values)
+        if self.fast is not None:
+            return np.asarray(self.fast.outputs(columns))
+        frame = frame_from_columns(columns, self.columns)
+        method = "predict_proba" if self.classes is not None else "predict"
+        return np.asarray(getattr(self.pipeline, method)(frame), dtype=float)
+
+    def answers(self, outputs: np.ndarray) -> tuple[list[Any], np.ndarray | None]:
+        """(predictions, confidence per row or None): the label rule of
+        shipml.models.bagged.labels_for, with the index of the chosen class kept."""
+        if self.classes is None:
+            return outputs.tolist(), None
+        if self.threshold is not None and len(self.classes) == 2:
+            picked = (outputs[:, 1] >= self.threshold).astype(np.intp)
+        else:
+            picked = outputs.argmax(axis=1)
+        classes = self.classes
+        confidence = outputs[np.arange(len(outputs)), picked]
+        return [classes[i] for i in picked.tolist()], confidence
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_version": str(self.version),
+            "family": self.family,
+            "task": self.schema.task,
+            "target": self.schema.target,
+            "classes": self.classes,
+            "threshold": self.threshold,
+            "metric": self.metadata.get("metric"),
+            "test_metrics": self.metadata.get("test_metrics", {}),
+            "inference": self.inference,
+            "inference_note": self.inference_note,
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.loaded_at)),
+            "input_schema": [
+                {
+                    "name": name,
+                    "role": self.schema.columns[name].role,
+                    "dtype": self.schema.columns[name].dtype,
+                    "categories": self.schema.columns[name].categories,
+                }
+                for name in self.columns
+            ],
+        }
+
+
+class ModelSlot:
+    """The model being served, replaced atomically by the watcher thread."""
+
+    def __init__(
+        self,
+        store: registry.Store,
+        max_batch_rows: int,
+        poll_interval: float,
+        on_swap: Callable[[ServedModel | None, ServedModel], None],
+    ) -> None:
+        self.store = store
+        self.max_batch_rows = max_batch_rows
+        self.poll_interval = poll_interval
+        self.on_swap = on_swap
+        self.current: ServedModel | None = None
+        self.status = "loading the champion"
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, name="shipml-model-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def reload_now(self) -> None:
+        self._wake.set()
+
+    def _store_changed(self) -> bool:
+        """Whether the registry may have changed since the last look. For the default SQLite
+        store, its file's modification time says so without a query (a query holds the GIL
+        for milliseconds: enough to show in the latency tail under load)."""
+        path = self.store.sqlite_path
+        if path is None or self.current is None:
+            return True
+        try:
+            wal = path.with_name(path.name + "-wal")  # in case the store runs in WAL mode
+            stamp = (path.stat().st_mtime_ns, wal.stat().st_mtime_ns if wal.exists() else 0)
+        except OSError:
+            return True
+        changed = stamp != self._stamp
+        self._stamp = stamp
+        return changed
+
+    def check(self, force: bool = False) -> bool:
+        """Load the champion if it is not the version being served; True when swapped."""
+        with self._lock:
+            if not force and not self._store_changed():
+                return False
+            try:
+                wanted = registry.champion_version(self.store)
+            except Exception as err:  # the store may be briefly locked by a training
+                self.status = f"cannot read the registry: {err}"
+                return False
+            if wanted is None:
+                self.status = "the registry has no champion yet: run `shipml train`"
+                return False
+            current = self.current
+            if current is not None and current.version == wanted:
+                return False
+            try:
+                new = ServedModel.load(self.store, wanted, self.max_batch_rows)
+            except ShipmlError as err:
+                self.status = f"version {wanted} could not be loaded: {err}"
+                log.error("%s", self.status)
+                return False
+            self.current = new  # the swap: one reference assignment
+            self.status = "ready"
+            self.on_swap(current, new)
+            # Everything loaded so far lives as long as the server: keep it out of the garbage
+            # collector's full passes, which would otherwise pause requests for milliseconds.
+            gc.collect()
+            gc.freeze()
+            return True
+
+    def _watch(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            swapped = self.check()
+            if self.current is None and not swapped:
+                wait = min(backoff, self.poll_interval)
+                backoff = min(backoff * 2, self.poll_interval)
+            else:
+                wait = self.poll_interval
+            self._wake.wait(wait)
+            self._wake.clear()
+
+
+def _error(status: int, kind: str, detail: Any, metrics: ServingMetrics) -> JSONResponse:
+    metrics.errors.labels(kind=kind).inc()
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _validation_detail(err: ValidationError, columns: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for item in err.errors(include_url=False, include_context=False, include_input=False):
+        loc = [
+            columns[int(part[1:])]
+            if isinstance(part, str) and part[:1] == "c" and part[1:].isdigit()
+            else part
+            for part in item["loc"]
+        ]
+        out.append({"loc": ["body", *loc], "msg": item["msg"], "type": item["type"]})
+    return out
+
+
+def _token(config: ProjectConfig) -> str | None:
+    return os.environ.get(ADMIN_TOKEN_ENV) or config.serving.admin_token or None
+
+
+def create_app(project: Project | str | Path | None = None) -> FastAPI:
+    """The app for a project (a Project, a path to shipml.yaml, or $SHIPML_CONFIG)."""
+    if not isinstance(project, Project):
+        project = Project.load(project or os.environ.get(CONFIG_ENV) or "shipml.yaml")
+    config = project.config
+    serving = config.serving
+    metrics = ServingMetrics()
+    predlog = (
+        PredictionLog(project.root / ".shipml" / "predictions", serving.fsync_interval_s)
+        if serving.log_predictions
+        else None
+    )
+
+    def on_swap(old: ServedModel | None, new: ServedModel) -> None:
+        if old is not None:
+            metrics.retired(str(old.version), old.family, old.inference)
+            log.info("swapped model version %s for %s", old.version, new.version)
+        metrics.served(str(new.version), new.family, new.inference)
+        app.openapi_schema = None  # the input schema may have changed
+
+    slot = ModelSlot(project.store, serving.max_batch_rows, serving.reload_interval_s, on_swap)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        slot.start()
+        yield
+        slot.stop()
+        if predlog is not None:
+            predlog.close()
+
+    app = FastAPI(
+        title=f"shipml: {config.name}",
+        description=(
+            f"Predictions from the champion of the shipml project '{config.name}'. The request "
+            "schema below is the served model's input schema."
+        ),
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.slot = slot
+    app.state.metrics = metrics
+    token = _token(config)
+    max_body = serving.max_body_bytes
+
+    async def read_json(request: Request) -> bytes | JSONResponse:
+        kind = request.headers.get("content-type", "")
+        if kind.split(";")[0].strip().lower() != "application/json":
+            return _error(
+                415,
+                "unsupported_media_type",
+                f"send the body as JSON with 'Content-Type: application/json' (got "
+                f"'{kind or 'none'}')",
+                metrics,
+            )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            return _too_large()
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body:
+                return _too_large()
+        return bytes(body)
+
+    def _too_large() -> JSONResponse:
+        return _error(
+            413,
+            "body_too_large",
+            f"the body is over {max_body} bytes (serving.max_body_bytes); send smaller batches",
+            metrics,
+        )
+
+    def parse(model_cls: type[BaseModel], body: bytes, served: ServedModel) -> Any:
+        try:
+            return model_cls.model_validate_json(body)
+        except ValidationError as err:
+            return _error(422, "bad_request", _validation_detail(err, served.columns), metrics)
+
+    def not_ready() -> JSONResponse:
+        return _error(503, "not_ready", f"no model loaded yet: {slot.status}", metrics)
+
+    def log_answer(
+        served: ServedModel,
+        request_id: str,
+        values: list[list[Any]],
+        predictions: list[Any],
+        confidence: np.ndarray | None,
+        outputs: np.ndarray,
+        latency: float,
+        batch: bool,
+    ) -> None:
+        """One record per request: a batch's inputs and outputs are stored column-wise (the
+        reader gives one record per row, with request ids '<batch id>-<row>')."""
+        if predlog is None:
+            return
+        probabilities: dict[str, Any] | None = None
+        if confidence is not None:
+            probabilities = {k: outputs[:, j].tolist() for j, k in enumerate(served.class_keys)}
+        if batch:
+            record = {
+                "request_id": request_id,
+                "rows": len(predictions),
+                "inputs": dict(zip(served.columns, values, strict=True)),
+                "prediction": predictions,
+                "confidence": None if confidence is None else confidence.tolist(),
+                "probabilities": probabilities,
+            }
+        else:
+            record = {
+                "request_id": request_id,
+                "inputs": {c: v[0] for c, v in zip(served.columns, values, strict=True)},
+                "prediction": predictions[0],
+                "confidence": None if confidence is None else float(confidence[0]),
+                "probabilities": None
+                if probabilities is None
+                else {k: v[0] for k, v in probabilities.items()},
+            }
+        record.update(
+            time=time.time(), model_version=served.version, latency_ms=round(latency * 1e3, 3)
+        )
+        predlog.prediction(record)
+
+    def score(served: ServedModel, values: list[list[Any]]) -> np.ndarray | JSONResponse:
+        try:
+            return served.outputs(values)
+        except ShipmlError as err:  # a value the schema let through but coercion refuses
+            detail = [{"loc": ["body"], "msg": err.message, "type": "value_error"}]
+            return _error(422, "bad_request", detail, metrics)
+        except Exception:
+            log.exception("version %s failed to score a request", served.version)
+            return _error(500, "internal", "the model failed on this input", metrics)
+
+    def observe(served: ServedModel, n: int, started: float, confidence: Any) -> float:
+        version = str(served.version)
+        latency = time.perf_counter() - started
+        metrics.predictions.labels(model_version=version).inc(n)
+        metrics.latency.labels(model_version=version).observe(latency)
+        if confidence is not None:
+            histogram = metrics.confidence.labels(model_version=version)
+            for value in confidence:
+                histogram.observe(float(value))
+        return latency
+
+    Scored = tuple[ServedModel, list[list[Any]], np.ndarray]
+
+    async def scored(request: Request, batch: bool) -> Scored | Response:
+        """The request's rows scored by the model current when it arrived, or the error."""
+        served = slot.current
+        if served is None:
+            return not_ready()
+        body = await read_json(request)
+        if isinstance(body, Response):
+            return body
+        parsed = parse(served.requests.batch if batch else served.requests.predict, body, served)
+        if isinstance(parsed, Response):
+            return parsed
+        if batch:
+            values = served.requests.values(parsed.instances)
+        else:
+            values = [[v] for v in served.requests.row(parsed.features)]
+        outputs = score(served, values)
+        if isinstance(outputs, Response):
+            return outputs
+        return served, values, outputs
+
+    @app.post("/predict", tags=["predict"], summary="Predict one row")
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        result = await scored(request, batch=False)
+        if isinstance(result, Response):
+            return result
+        served, values, outputs = result
+        predictions, confidence = served.answers(outputs)
+        request_id = uuid.uuid4().hex
+        answer: dict[str, Any] = {"prediction": predictions[0]}
+        if confidence is not None:
+            answer["probability"] = float(confidence[0])
+            answer["probabilities"] = dict(zip(served.class_keys, outputs[0].tolist(), strict=True))
+        answer["model_version"] = str(served.version)
+        answer["request_id"] = request_id
+        latency = observe(served, 1, started, confidence)
+        log_answer(served, request_id, values, predictions, confidence, outputs, latency, False)
+        return JSONResponse(answer)
+
+    @app.post("/predict/batch", tags=["predict"], summary="Predict many rows")
+    async def predict_batch(request: Request) -> Response:
+        started = time.perf_counter()
+        result = await scored(request, batch=True)
+        if isinstance(result, Response):
+            return result
+        served, values, outputs = result
+        predictions, confidence = served.answers(outputs)
+        batch_id = uuid.uuid4().hex
+        n = len(predictions)
+        answer: dict[str, Any] = {"predictions": predictions}
+        if confidence is not None:
+            answer["probability"] = confidence.tolist()
+            answer["probabilities"] = [
+                dict(zip(served.class_keys, row, strict=True)) for row in outputs.tolist()
+            ]
+        answer["model_version"] = str(served.version)
+        answer["request_ids"] = [f"{batch_id}-{i}" for i in range(n)]
+        latency = observe(served, n, started, confidence)
+        log_answer(served, batch_id, values, predictions, confidence, outputs, latency, True)
+        return JSONResponse(answer)
+
+    @app.post("/feedback", tags=["monitor"], summary="Attach the true label to a prediction")
+    async def feedback(request: Request) -> Response:
+        served = slot.current
+        body = await read_json(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            parsed = FeedbackRequest.model_validate_json(body)
+        except ValidationError as err:
+            return _error(422, "bad_request", _validation_detail(err, []), metrics)
+        label: Any = parsed.label
+        if served is not None and served.classes is not None:
+            keys = {category_str(c): c for c in served.classes}
+            if category_str(label) not in keys:
+                return _error(
+                    422,
+                    "bad_request",
+                    [
+                        {
+                            "loc": ["body", "label"],
+                            "msg": f"not a class of the model; classes: "
+                            f"{', '.join(served.class_keys[:20])}",
+                            "type": "value_error",
+                        }
+                    ],
+                    metrics,
+                )
+            label = _plain(keys[category_str(label)])
+        elif served is not None and (isinstance(label, bool) or not isinstance(label, int | float)):
+            return _error(
+                422,
+                "bad_request",
+                [{"loc": ["body", "label"], "msg": "a number", "type": "value_error"}],
+                metrics,
+            )
+        if predlog is not None:
+            predlog.feedback({"request_id": parsed.request_id, "label": label, "time": time.time()})
+        return JSONResponse({"request_id": parsed.request_id, "recorded": predlog is not None})
+
+    @app.get("/health", tags=["service"], summary="Liveness: the process answers")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["service"], summary="Readiness: 200 once a model is loaded")
+    async def ready() -> Response:
+        served = slot.current
+        if served is None:
+            return JSONResponse({"ready": False, "detail": slot.status}, status_code=503)
+        return JSONResponse({"ready": True, "model_version": str(served.version)})
+
+    @app.get("/model", tags=["service"], summary="The served model and its input schema")
+    async def model_info() -> Response:
+        served = slot.current
+        if served is None:
+            return not_ready()
+        return JSONResponse(served.describe())
+
+    @app.get("/metrics", tags=["service"], summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.post("/admin/reload", tags=["admin"], summary="Load the champion now (token)")
+    async def reload(request: Request) -> Response:
+        if token is None:
+            return JSONResponse(
+                {
+                    "detail": f"admin endpoints are off: set {ADMIN_TOKEN_ENV} or "
+                    "serving.admin_token"
+                },
+                status_code=403,
+            )
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return JSONResponse(
+                {"detail": "missing or wrong token: send 'Authorization: Bearer <token>'"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        swapped = slot.check(force=True)
+        served = slot.current
+        return JSONResponse(
+            {
+                "swapped": swapped,
+                "model_version": None if served is None else str(served.version),
+                "status": slot.status,
+            }
+        )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        served = slot.current
+        bodies: dict[str, type[BaseModel]] = {"/feedback": FeedbackRequest}
+        if served is not None:
+            bodies["/predict"] = served.requests.predict
+            bodies["/predict/batch"] = served.requests.batch
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        for path, model_cls in bodies.items():
+            schema = model_cls.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(schema.pop("$defs", {}))
+            components[model_cls.__name__] = schema
+            operation = document["paths"][path]["post"]
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{model_cls.__name__}"}
+                    }
+                },
+            }
+            operation.setdefault("responses", {})["422"] = {
+                "description": "A field is missing, unknown or of the wrong type (named in detail)"
+            }
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory `shipml serve` names: the project from $SHIPML_CONFIG."""
+    return create_app(None)

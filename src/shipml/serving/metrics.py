@@ -1,0 +1,92 @@
+"""Prometheus metrics of the prediction service (prometheus_client).
+
+With several uvicorn workers, ``shipml serve`` sets PROMETHEUS_MULTIPROC_DIR before the workers
+start: every worker writes its samples there and /metrics, whichever worker answers, adds them
+up (prometheus_client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+ERROR_KINDS = ("bad_request", "body_too_large", "not_ready", "unsupported_media_type", "internal")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class ServingMetrics:
+    """The service's metrics, on a registry of their own (one per app)."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.predictions = Counter(
+            "shipml_predictions",
+            "Predictions answered (rows), by the model version that made them",
+            ["model_version"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "shipml_prediction_latency_seconds",
+            "Time from request received to answer ready, per request",
+            ["model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.confidence = Histogram(
+            "shipml_prediction_confidence",
+            "Probability of the predicted class, per predicted row (classification)",
+            ["model_version"],
+            buckets=CONFIDENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "shipml_prediction_errors",
+            "Requests answered with an error, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "shipml_model_info",
+            "1 for the model version being served (with its family and inference path)",
+            ["model_version", "family", "inference"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind=kind)  # every kind shows, at 0, from the start
+
+    def served(self, version: str, family: str, inference: str) -> None:
+        self.model_info.labels(model_version=version, family=family, inference=inference).set(1)
+
+    def retired(self, version: str, family: str, inference: str) -> None:
+        self.model_info.labels(model_version=version, family=family, inference=inference).set(0)
+
+    def render(self) -> bytes:
+        folder = multiprocess_dir()
+        if folder is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+
+def worker_exit(pid: int) -> None:
+    """Drop a finished worker's live gauges (multiprocess mode)."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,154 @@
+"""The prediction log: every answered prediction, append-only, under .shipml/predictions/.
+
+Each server process appends JSON lines to its own file (no locks between workers), with one
+``write`` system call per record made *before* the response is sent: once a client has its
+answer, the record is in the operating system's page cache, so it survives the server being
+killed (SIGKILL included). That call takes microseconds; the expensive part, ``fsync`` to the
+disk (which only a power loss or kernel crash would need), runs in a background thread every
+``fsync_interval`` seconds and never on the request path. A record cut short by a crash mid-write
+is at most the file's last line; readers skip it.
+
+Layout: ``predictions/YYYY-MM-DD/<pid>-<start>.jsonl`` (predictions) and
+``predictions/feedback/YYYY-MM-DD/<pid>-<start>.jsonl`` (labels sent to /feedback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+FEEDBACK = "feedback"
+
+
+class _Appender:
+    """One process's append-only JSON-lines file for one day, with background fsync."""
+
+    def __init__(self, folder: Path, fsync_interval: float) -> None:
+        self.folder = folder
+        self.fsync_interval = fsync_interval
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._day = ""
+        self._dirty = False
+        self._tag = f"{os.getpid()}-{int(time.time() * 1000)}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sync_loop, name="shipml-predlog", daemon=True)
+        self._thread.start()
+
+    def _open(self, day: str) -> int:
+        if self._fd is not None:
+            os.close(self._fd)
+        folder = self.folder / day
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self._tag}.jsonl"
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._day = day
+        return self._fd
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
+        day = datetime.now(UTC).strftime("%Y-%m-%d")
+        with self._lock:
+            fd = self._fd if day == self._day and self._fd is not None else self._open(day)
+            os.write(fd, line)  # one call: the whole line reaches the page cache or none of it
+            self._dirty = True
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(self.fsync_interval):
+            self.sync()
+
+    def sync(self) -> None:
+        with self._lock:
+            fd, dirty = self._fd, self._dirty
+            self._dirty = False
+        if fd is not None and dirty:
+            # OSError: closed by a day change in between; the next round syncs the new file.
+            with contextlib.suppress(OSError):
+                os.fsync(fd)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sync()
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+class PredictionLog:
+    """Appends predictions and feedback for one server process."""
+
+    def __init__(self, folder: Path, fsync_interval: float = 1.0) -> None:
+        self.folder = folder
+        self._predictions = _Appender(folder, fsync_interval)
+        self._feedback = _Appender(folder / FEEDBACK, fsync_interval)
+
+    def prediction(self, record: dict[str, Any]) -> None:
+        self._predictions.write(record)
+
+    def feedback(self, record: dict[str, Any]) -> None:
+        self._feedback.write(record)
+
+    def close(self) -> None:
+        self._predictions.close()
+        self._feedback.close()
+
+
+def _records(files: list[Path]) -> Iterator[dict[str, Any]]:
+    for path in files:
+        with path.open("rb") as handle:
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    break  # a record cut short by a crash: only ever the last line
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+
+
+def read_predictions(folder: Path) -> Iterator[dict[str, Any]]:
+    """Every logged prediction, one record per row, file by file (each file in the order it was
+    written). A batch is logged column-wise in one record; here it becomes one record per row,
+    with request id '<batch id>-<row>' as /predict/batch answered it."""
+    if not folder.is_dir():
+        return
+    files = sorted(p for p in folder.glob("*/*.jsonl") if p.parent.parent == folder)
+    for record in _records([p for p in files if p.parent.name != FEEDBACK]):
+        if "rows" not in record:
+            yield record
+            continue
+        yield from _rows_of(record)
+
+
+def _rows_of(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    confidence = batch.get("confidence")
+    probabilities = batch.get("probabilities")
+    for i in range(int(batch["rows"])):
+        yield {
+            "request_id": f"{batch['request_id']}-{i}",
+            "inputs": {c: v[i] for c, v in batch["inputs"].items()},
+            "prediction": batch["prediction"][i],
+            "confidence": None if confidence is None else confidence[i],
+            "probabilities": None
+            if probabilities is None
+            else {k: v[i] for k, v in probabilities.items()},
+            "time": batch["time"],
+            "model_version": batch["model_version"],
+            "latency_ms": batch["latency_ms"],
+            "batch": batch["request_id"],
+        }
+
+
+def read_feedback(folder: Path) -> Iterator[dict[str, Any]]:
+    """Every label sent to /feedback."""
+    root = folder / FEEDBACK
+    if not root.is_dir():
+        return iter(())
+    return _records(sorted(root.glob("*/*.jsonl")))

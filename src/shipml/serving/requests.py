@@ -1,0 +1,255 @@
+"""Request bodies of the REST API, generated from the registered model's input schema.
+
+The OpenAPI document at /docs shows the model's real inputs: one field per input column, with
+its type, and for categorical columns the categories seen in training. Validation is strict
+where a wrong value would silently predict nonsense (a string for a number, NaN or inf, a missing
+or unknown field: 422 naming the field) and lenient where the model copes (an unseen category is
+scored as the encoder scores unseen values; null is a missing value, imputed as in training).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    create_model,
+    field_validator,
+)
+
+from shipml.data.coerce import BOOL_FALSE, BOOL_TRUE, category_str
+from shipml.data.schema import Schema
+
+MAX_SHOWN_CATEGORIES = 50
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number (not NaN or infinity)")
+    return value
+
+
+def _datetime_text(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a date/time string, e.g. 2024-05-01 or 2024-05-01T12:30:00")
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, OverflowError) as err:
+        raise ValueError(f"'{value[:40]}' is not a date/time: {err}") from None
+    if stamp is pd.NaT:
+        return None
+    return value
+
+
+# Checked by pydantic-core itself (no Python call per value): ints pass as floats, strings,
+# booleans, NaN and infinity do not.
+Finite = Annotated[StrictFloat, AllowInfNan(False)]
+Number = Finite | None
+Category = StrictStr | StrictInt | Finite | None
+
+
+def _boolean(value: Any) -> Any:
+    """true/false, or what training read as booleans: yes/no, y/n, t/f, 1/0 (any case)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in BOOL_TRUE:
+            return True
+        if text in BOOL_FALSE:
+            return False
+        if not text:
+            return None
+    raise ValueError("must be true or false (or yes/no, y/n, t/f, 1/0)")
+
+
+Boolean = Annotated[StrictBool | None, BeforeValidator(_boolean)]
+DateTimeText = Annotated[StrictStr | None, BeforeValidator(_datetime_text)]
+
+
+def _field(schema: Schema, name: str) -> tuple[Any, Any]:
+    info = schema.columns[name]
+    if info.role == "numeric":
+        return Number, Field(..., alias=name, description=f"number ({info.dtype}); null: missing")
+    if info.role == "boolean":
+        return Boolean, Field(
+            ..., alias=name, description="true or false (or yes/no, 1/0); null: missing"
+        )
+    if info.role == "datetime":
+        return DateTimeText, Field(
+            ..., alias=name, description="date/time as ISO text; null: missing"
+        )
+    categories = [str(c) for c in (info.categories or [])][:MAX_SHOWN_CATEGORIES]
+    shown = ", ".join(categories)
+    return Category, Field(
+        ...,
+        alias=name,
+        description=(
+            f"category; seen in training: {shown}. Other values are accepted and scored as an "
+            "unseen category; null: missing"
+        ),
+        examples=categories[:3] or None,
+    )
+
+
+def _example(schema: Schema) -> dict[str, Any]:
+    example: dict[str, Any] = {}
+    for name in schema.input_columns:
+        info = schema.columns[name]
+        if info.role == "numeric":
+            example[name] = 0.0
+        elif info.role == "boolean":
+            example[name] = True
+        elif info.role == "datetime":
+            example[name] = "2024-01-01T00:00:00"
+        else:
+            example[name] = str(info.categories[0]) if info.categories else "a"
+    return example
+
+
+class RequestModels:
+    """The pydantic models of one schema: features, /predict, /predict/batch, /feedback."""
+
+    def __init__(self, schema: Schema, max_batch_rows: int) -> None:
+        self.schema = schema
+        self.columns = list(schema.input_columns)
+        fields = {f"c{i}": _field(schema, name) for i, name in enumerate(self.columns)}
+        example = _example(schema)
+        self.features: type[BaseModel] = create_model(  # type: ignore[call-overload]
+            "Features",
+            __config__=ConfigDict(
+                extra="forbid",
+                populate_by_name=False,
+                json_schema_extra={"examples": [example]},
+            ),
+            **fields,
+        )
+        columns = self.columns
+        features_model = self.features
+        listed = (
+            "a list of values in this order: " + ", ".join(columns[:20])
+            if len(columns) <= 20
+            else f"a list of {len(columns)} values in the model's column order (GET /model)"
+        )
+
+        def as_mapping(value: Any) -> Any:
+            if isinstance(value, list):
+                if len(value) != len(columns):
+                    raise ValueError(
+                        f"a list of features needs {len(columns)} values in the order "
+                        f"{', '.join(columns[:10])}{' ...' if len(columns) > 10 else ''}; "
+                        f"got {len(value)}"
+                    )
+                return dict(zip(columns, value, strict=True))
+            return value
+
+        Row = Annotated[features_model, BeforeValidator(as_mapping)]  # type: ignore[valid-type]
+
+        class PredictRequest(BaseModel):
+            model_config = ConfigDict(
+                extra="forbid", json_schema_extra={"examples": [{"features": example}]}
+            )
+            features: Row = Field(..., description=f"the model's inputs by name, or {listed}")
+
+        class BatchRequest(BaseModel):
+            model_config = ConfigDict(
+                extra="forbid", json_schema_extra={"examples": [{"instances": [example]}]}
+            )
+            instances: list[Row] = Field(  # type: ignore[valid-type]
+                ...,
+                min_length=1,
+                max_length=max_batch_rows,
+                description=f"1 to {max_batch_rows} rows, each like /predict's features",
+            )
+
+        self.predict = PredictRequest
+        self.batch = BatchRequest
+
+    def row(self, features: BaseModel) -> list[Any]:
+        """One validated row's values in column order."""
+        data = features.__dict__
+        return [data[f"c{i}"] for i in range(len(self.columns))]
+
+    def values(self, rows: list[BaseModel]) -> list[list[Any]]:
+        """Validated rows as one list of values per column, in column order."""
+        dicts = [row.__dict__ for row in rows]
+        return [[d[f"c{i}"] for d in dicts] for i in range(len(self.columns))]
+
+
+class FeedbackRequest(BaseModel):
+    """A true label (classification) or value (regression) for an answered prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    label: Annotated[StrictStr | StrictInt | StrictFloat | StrictBool, BeforeValidator(_finite)]
+
+    @field_validator("request_id")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+
+def columns_from_values(
+    schema: Schema, columns: list[str], values: list[list[Any]]
+) -> dict[str, Any]:
+    """Per-column arrays with the types training used (see shipml.data.coerce): numbers and
+    booleans float64 with NaN for missing, categories object arrays of strings (None missing),
+    datetimes datetime64[ns]. Built straight from validated JSON values (one list per column),
+    without a DataFrame."""
+    out: dict[str, Any] = {}
+    for name, column in zip(columns, values, strict=True):
+        role = schema.columns[name].role
+        if role in ("numeric", "boolean"):
+            out[name] = np.array([math.nan if v is None else v for v in column], dtype=np.float64)
+        elif role == "datetime":
+            out[name] = pd.to_datetime(
+                pd.Series(column, dtype=object), errors="coerce", format="mixed"
+            ).to_numpy(dtype="datetime64[ns]")
+        else:
+            out[name] = np.array(
+                [v if v is None or isinstance(v, str) else category_str(v) for v in column],
+                dtype=object,
+            )
+    return out
+
+
+def frame_from_columns(columns: dict[str, Any], order: list[str]) -> pd.DataFrame:
+    """The coerced input frame (as shipml.data.coerce.coerce_frame gives) from per-column arrays."""
+    data = {}
+    for name in order:
+        values = columns[name]
+        if values.dtype == object:
+            values = pd.Series(values, dtype=object).where(
+                pd.notna(pd.Series(values, dtype=object)), np.nan
+            )
+        data[name] = values
+    return pd.DataFrame(data, columns=order)
+
+
+def now_iso() -> str:
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+__all__ = [
+    "FeedbackRequest",
+    "RequestModels",
+    "columns_from_values",
+    "frame_from_columns",
+    "now_iso",
+]

@@ -1,0 +1,350 @@
+"""`shipml serve`: a real uvicorn server on 127.0.0.1 answering for a really trained champion."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from shipml import Project
+from shipml.demo import generate_customers
+from shipml.serving.predlog import read_feedback, read_predictions
+from tests.conftest import make_project, run_cli
+from tests.serving_helpers import Server
+
+pytestmark = pytest.mark.integration
+
+MAX_BATCH = 50
+
+
+def _customers() -> pd.DataFrame:
+    df = generate_customers(500, 11)
+    df["signup_date"] = df["signup_date"].astype(str)
+    return df
+
+
+@pytest.fixture(scope="module")
+def served_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("serve")
+
+    def edit(raw: dict) -> None:
+        raw["features"]["exclude"] = ["customer_id"]
+        raw["training"].update(
+            models=["random_forest"],
+            baselines=False,
+            params={"random_forest": {"n_estimators": 50}},
+            trials=0,
+            ensemble=False,
+        )
+        raw["serving"] = {"max_batch_rows": MAX_BATCH, "max_body_bytes": 100_000}
+
+    config = make_project(folder, _customers(), "churned", edit)
+    result = run_cli("train", "-c", config)
+    assert result.exit_code == 0, result.all
+    return config
+
+
+@pytest.fixture(scope="module")
+def server(served_project: Path) -> Any:
+    with Server(served_project) as running:
+        yield running
+
+
+def _rows(config: Path, n: int | None = None) -> list[dict[str, Any]]:
+    df = pd.read_csv(config.parent / "new.csv")
+    df = df.drop(columns=["customer_id"])
+    records = json.loads(df.to_json(orient="records"))
+    return records if n is None else records[:n]
+
+
+def test_ready_health_and_model(server: Server) -> None:
+    assert server.get("/health").json() == {"status": "ok"}
+    assert server.get("/ready").json() == {"ready": True, "model_version": "1"}
+    model = server.get("/model").json()
+    assert model["model_version"] == "1" and model["task"] == "classification"
+    assert model["classes"] == ["no", "yes"]
+    columns = {c["name"]: c for c in model["input_schema"]}
+    assert columns["plan"]["role"] == "categorical"
+    assert set(columns["plan"]["categories"]) == {"basic", "standard", "premium"}
+    assert "customer_id" not in columns and "churned" not in columns
+
+
+def test_predict_matches_the_registered_model(server: Server, served_project: Path) -> None:
+    rows = _rows(served_project, 8)
+    expected = Project.load(served_project).predict(pd.DataFrame(rows))
+    for row, (_, want) in zip(rows, expected.iterrows(), strict=True):
+        r = server.post("/predict", {"features": row})
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["prediction"] == want["prediction"]
+        assert answer["probability"] == pytest.approx(want["probability"], abs=1e-9)
+        assert answer["probabilities"]["yes"] == pytest.approx(want["proba_yes"], abs=1e-9)
+        assert sum(answer["probabilities"].values()) == pytest.approx(1.0)
+        assert answer["model_version"] == "1" and len(answer["request_id"]) == 32
+
+
+def test_a_list_in_schema_order_is_the_same_row(server: Server, served_project: Path) -> None:
+    row = _rows(served_project, 1)[0]
+    order = [c["name"] for c in server.get("/model").json()["input_schema"]]
+    named = server.post("/predict", {"features": row}).json()
+    listed = server.post("/predict", {"features": [row[c] for c in order]}).json()
+    assert listed["probabilities"] == named["probabilities"]
+    short = server.post("/predict", {"features": [row[c] for c in order][:-1]})
+    assert short.status_code == 422 and f"needs {len(order)} values" in short.text
+
+
+def test_batch_matches_the_registered_model(server: Server, served_project: Path) -> None:
+    rows = _rows(served_project, 30)
+    expected = Project.load(served_project).predict(pd.DataFrame(rows))
+    r = server.post("/predict/batch", {"instances": rows})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["predictions"] == expected["prediction"].tolist()
+    np.testing.assert_allclose(answer["probability"], expected["probability"], atol=1e-9)
+    assert answer["model_version"] == "1" and len(set(answer["request_ids"])) == 30
+
+
+def test_unknown_categories_and_missing_values_still_predict(
+    server: Server, served_project: Path
+) -> None:
+    row = _rows(served_project, 1)[0]
+    row.update(plan="platinum", region=None, income=None, signup_date=None)
+    r = server.post("/predict", {"features": row})
+    assert r.status_code == 200, r.text
+    assert r.json()["prediction"] in ("yes", "no")
+
+
+def _field_error(r: requests.Response, field: str) -> str:
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    named = [d for d in detail if field in [str(p) for p in d["loc"]]]
+    assert named, detail
+    return str(named[0]["msg"])
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"age": "forty"}, "age", "valid"),
+        ({"age": [1]}, "age", "valid"),
+        ({"has_partner": {"a": 1}}, "has_partner", "true or false"),
+        ({"has_partner": "perhaps"}, "has_partner", "true or false"),
+        ({"plan": {"a": 1}}, "plan", "valid"),
+        ({"signup_date": "not a date"}, "signup_date", "not a date/time"),
+        ({"loyalty_points": 3}, "loyalty_points", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_fields_are_422_naming_the_field(
+    server: Server, served_project: Path, change: dict, field: str, message: str
+) -> None:
+    row = {**_rows(served_project, 1)[0], **change}
+    assert message in _field_error(server.post("/predict", {"features": row}), field)
+
+
+def test_missing_field_is_422_naming_it(server: Server, served_project: Path) -> None:
+    row = _rows(served_project, 1)[0]
+    del row["tenure_months"]
+    assert "Field required" in _field_error(
+        server.post("/predict", {"features": row}), "tenure_months"
+    )
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_rejected(server: Server, served_project: Path, literal: str) -> None:
+    row = _rows(served_project, 1)[0]
+    body = json.dumps({"features": {**row, "age": 0}}).replace('"age": 0', f'"age": {literal}')
+    r = requests.post(
+        server.url + "/predict", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    assert "age" in r.text
+
+
+def test_bad_bodies_are_4xx(server: Server, served_project: Path) -> None:
+    row = _rows(served_project, 1)[0]
+    empty = server.post("/predict/batch", {"instances": []})
+    assert empty.status_code == 422 and "instances" in empty.text
+    over = server.post("/predict/batch", {"instances": [row] * (MAX_BATCH + 1)})
+    assert over.status_code == 422 and f"at most {MAX_BATCH}" in over.text
+    not_json = requests.post(
+        server.url + "/predict", data=b"{features: 1", headers={"Content-Type": "application/json"}
+    )
+    assert not_json.status_code == 422 and "json" in not_json.text.lower()
+    text = requests.post(server.url + "/predict", data=json.dumps({"features": row}))
+    assert text.status_code == 415 and "application/json" in text.text
+    big = server.post("/predict/batch", {"instances": [row] * 40, "pad": "x" * 100_000})
+    assert big.status_code == 413 and "max_body_bytes" in big.text
+    no_features = server.post("/predict", {"rows": [row]})
+    assert no_features.status_code == 422 and "features" in no_features.text
+    assert server.get("/ready").status_code == 200  # still serving
+
+
+def test_openapi_shows_the_models_input_schema(server: Server) -> None:
+    document = server.get("/openapi.json").json()
+    features = document["components"]["schemas"]["Features"]
+    assert {"age", "plan", "signup_date", "has_partner"} <= set(features["properties"])
+    assert set(features["required"]) == set(features["properties"])
+    assert "premium" in features["properties"]["plan"]["description"]
+    assert features["additionalProperties"] is False
+    body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["$ref"].endswith("/PredictRequest")
+    docs = server.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_every_answer_is_logged_and_feedback_attaches(server: Server, served_project: Path) -> None:
+    rows = _rows(served_project, 5)
+    ids = [server.post("/predict", {"features": row}).json()["request_id"] for row in rows]
+    batch = server.post("/predict/batch", {"instances": rows[:3]}).json()["request_ids"]
+    log_dir = served_project.parent / ".shipml" / "predictions"
+    logged = {r["request_id"]: r for r in read_predictions(log_dir)}
+    for request_id, row in zip(ids, rows, strict=True):
+        record = logged[request_id]
+        assert record["model_version"] == 1 and record["inputs"]["plan"] == row["plan"]
+        assert record["prediction"] in ("yes", "no")
+        # The decision threshold may pick a class below 0.5: confidence is that class's share.
+        assert record["confidence"] == record["probabilities"][record["prediction"]]
+        assert record["latency_ms"] > 0
+    assert set(batch) <= set(logged)
+    ok = server.post("/feedback", {"request_id": ids[0], "label": "yes"})
+    assert ok.status_code == 200 and ok.json() == {"request_id": ids[0], "recorded": True}
+    bad = server.post("/feedback", {"request_id": ids[1], "label": "maybe"})
+    assert bad.status_code == 422 and "not a class" in bad.text
+    assert server.post("/feedback", {"label": "yes"}).status_code == 422
+    feedback = list(read_feedback(log_dir))
+    assert {"request_id": ids[0], "label": "yes"}.items() <= feedback[-1].items()
+
+
+def test_metrics_count_predictions_per_version(server: Server, served_project: Path) -> None:
+    def count() -> float:
+        text = server.get("/metrics").text
+        for line in text.splitlines():
+            if line.startswith('shipml_predictions_total{model_version="1"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = count()
+    rows = _rows(served_project, 4)
+    for row in rows:
+        server.post("/predict", {"features": row})
+    server.post("/predict/batch", {"instances": rows})
+    assert count() == before + 8
+    text = server.get("/metrics").text
+    assert 'shipml_prediction_confidence_bucket{le="0.99",model_version="1"}' in text
+    assert "shipml_prediction_latency_seconds_count" in text
+    assert (
+        'shipml_model_info{family="random_forest",inference="fast",model_version="1"} 1.0' in text
+    )
+    assert 'shipml_prediction_errors_total{kind="bad_request"}' in text
+
+
+def test_admin_reload_needs_the_token(served_project: Path) -> None:
+    with Server(served_project, env={"SHIPML_ADMIN_TOKEN": "s3cret"}) as running:
+        assert running.post("/admin/reload").status_code == 401
+        wrong = running.post("/admin/reload", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        right = running.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
+        assert right.status_code == 200 and right.json()["model_version"] == "1"
+
+
+def test_admin_is_off_without_a_token(server: Server) -> None:
+    r = server.post("/admin/reload", headers={"Authorization": "Bearer anything"})
+    assert r.status_code == 403 and "SHIPML_ADMIN_TOKEN" in r.text
+
+
+class _Load:
+    """Clients posting /predict in threads until stopped; answers and failures recorded."""
+
+    def __init__(self, server: Server, rows: list[dict[str, Any]], threads: int = 4) -> None:
+        self.server, self.rows = server, rows
+        self.answers: list[dict[str, Any]] = []
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+        self._lock = threading.Lock()
+
+    def _run(self, k: int) -> None:
+        session = requests.Session()
+        i = k
+        while not self.stop.is_set():
+            row = self.rows[i % len(self.rows)]
+            i += 1
+            try:
+                r = session.post(self.server.url + "/predict", json={"features": row}, timeout=30)
+            except requests.RequestException as err:
+                with self._lock:
+                    self.failures.append(type(err).__name__)
+                continue
+            with self._lock:
+                if r.status_code == 200:
+                    self.answers.append(r.json())
+                else:
+                    self.failures.append(f"{r.status_code} {r.text[:200]}")
+
+    def __enter__(self) -> _Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+def test_every_answered_prediction_survives_a_sigkill(tmp_path: Path, served_project: Path) -> None:
+    log_dir = served_project.parent / ".shipml" / "predictions"
+    rows = _rows(served_project, 20)
+    running = Server(served_project)
+    with running, _Load(running, rows) as load:
+        deadline = time.monotonic() + 30
+        while len(load.answers) < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        running.kill()  # SIGKILL, mid-load
+    answered = {a["request_id"] for a in load.answers}
+    assert len(answered) >= 300
+    logged = {r["request_id"] for r in read_predictions(log_dir)}
+    assert answered <= logged, f"{len(answered - logged)} answered predictions not in the log"
+
+
+def _wait_for_version(load: _Load, version: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if load.answers and load.answers[-1]["model_version"] == version:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the server did not swap to version {version} in {timeout} s")
+
+
+def test_champion_swap_without_a_failed_request(tmp_path: Path) -> None:
+    def edit(raw: dict) -> None:
+        raw["features"]["exclude"] = ["customer_id"]
+        raw["training"].update(models=["random_forest"], trials=0, ensemble=False)
+        raw["serving"] = {"reload_interval_s": 0.5}
+
+    config = make_project(tmp_path, _customers(), "churned", edit)
+    assert run_cli("train", "-c", config).exit_code == 0
+    rows = _rows(config, 20)
+    with Server(config) as running, _Load(running, rows) as load:
+        while len(load.answers) < 50:
+            time.sleep(0.05)
+        assert run_cli("train", "-c", config).exit_code == 0  # version 2
+        assert run_cli("promote", "2", "-c", config).exit_code == 0
+        _wait_for_version(load, "2")
+        seen_after = len(load.answers)
+        while len(load.answers) < seen_after + 50:
+            time.sleep(0.05)
+        assert run_cli("promote", "1", "-c", config).exit_code == 0  # and back
+        _wait_for_version(load, "1")
+    versions = [a["model_version"] for a in load.answers]
+    assert load.failures == []
+    assert versions[0] == "1" and "2" in versions and versions[-1] == "1"
+    assert all(math.isfinite(float(a["probability"])) for a in load.answers)

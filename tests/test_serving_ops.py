@@ -1,0 +1,172 @@
+"""`shipml serve` under operations: several workers scraped by a real Prometheus server, and a
+bounded schemathesis run over the OpenAPI document that must find no 5xx."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import make_project, run_cli
+from tests.serving_helpers import Server, free_port
+from tests.test_serving import _customers, _rows
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("serve-ops")
+
+    def edit(raw: dict) -> None:
+        raw["features"]["exclude"] = ["customer_id"]
+        raw["training"].update(models=["random_forest"], baselines=False, trials=0)
+        raw["training"]["params"] = {"random_forest": {"n_estimators": 30}}
+        raw["training"]["ensemble"] = False
+        raw["serving"] = {"max_batch_rows": 100}
+
+    config = make_project(folder, _customers(), "churned", edit)
+    assert run_cli("train", "-c", config).exit_code == 0
+    return config
+
+
+class Prometheus:
+    """Debian's prometheus server on 127.0.0.1, scraping one target every second."""
+
+    def __init__(self, folder: Path, target: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = folder / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            "  - job_name: shipml\n"
+            f"    static_configs: [{{targets: ['{target}']}}]\n"
+        )
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise AssertionError(
+                "the prometheus server is not installed: `apt-get install -y prometheus` "
+                "(.ci/run does it)"
+            )
+        self.log = (folder / "prometheus.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={folder / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/-/ready", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("prometheus did not become ready")
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        r = requests.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
+        r.raise_for_status()
+        return list(r.json()["data"]["result"])
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def test_prometheus_scrapes_the_counts_of_two_workers(tmp_path: Path, project: Path) -> None:
+    rows = _rows(project, 10)
+    with Server(project, workers=2) as server:
+        prometheus = Prometheus(tmp_path, f"127.0.0.1:{server.port}")
+        try:
+            prometheus.wait_ready()
+            session = requests.Session()
+            pids = set()
+            for i in range(40):
+                r = session.post(server.url + "/predict", json={"features": rows[i % 10]})
+                assert r.status_code == 200, r.text
+                # Separate connections spread over the workers; the sum must not care.
+                session.close()
+            for _ in range(3):
+                r = requests.post(server.url + "/predict/batch", json={"instances": rows})
+                assert r.status_code == 200
+            bad = requests.post(server.url + "/predict", json={"features": {"age": "x"}})
+            assert bad.status_code == 422
+            expected = 40 + 3 * 10
+            deadline = time.monotonic() + 45
+            seen: float = -1
+            while time.monotonic() < deadline:
+                result = prometheus.query('sum(shipml_predictions_total{model_version="1"})')
+                seen = float(result[0]["value"][1]) if result else -1
+                if seen == expected:
+                    break
+                time.sleep(0.5)
+            assert seen == expected, f"prometheus saw {seen} predictions, expected {expected}"
+            latency = prometheus.query(
+                'sum(shipml_prediction_latency_seconds_count{model_version="1"})'
+            )
+            assert float(latency[0]["value"][1]) == 43  # one observation per request
+            errors = prometheus.query('sum(shipml_prediction_errors_total{kind="bad_request"})')
+            assert float(errors[0]["value"][1]) == 1
+            info = prometheus.query("max(shipml_model_info)")
+            assert float(info[0]["value"][1]) == 1
+            # Both workers answered some of the requests (their pids are in the multiprocess
+            # files), so the total above really is a sum over processes.
+            folder = project.parent / ".shipml" / "serving" / "metrics"
+            pids = {p.stem.split("_")[-1] for p in folder.glob("counter_*.db")}
+            assert len(pids) == 2, sorted(pids)
+        finally:
+            prometheus.close()
+
+
+def test_schemathesis_finds_no_server_error(tmp_path: Path, project: Path) -> None:
+    """Property-based requests generated from /openapi.json (bounded for CI): no 5xx."""
+    with Server(project, env={"SHIPML_ADMIN_TOKEN": "token-for-the-fuzzer"}) as server:
+        st = Path(sys.executable).with_name("schemathesis")
+        result = subprocess.run(
+            [
+                str(st),
+                "run",
+                server.url + "/openapi.json",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                "60",
+                "--header",
+                "Authorization: Bearer token-for-the-fuzzer",
+                "--seed",
+                "1",
+                "--request-timeout",
+                "20",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,  # its cache folder goes there, not into the working tree
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-4000:]
+        counts = re.search(r"(\d+) generated, (\d+) passed", output)
+        assert counts is not None and counts[1] == counts[2] and int(counts[1]) > 300, output
+        assert "Tested: 8" in output  # every operation, /predict and /admin/reload included
+        assert server.get("/ready").status_code == 200
