@@ -212,6 +212,12 @@ def test_quickstart_runs_the_whole_loop_on_demo_data(tmp_path: Path) -> None:
     assert [v.version for v in versions] == [1, 2]
     assert "champion" in versions[0].aliases  # promoted to 2, then rolled back to 1
     assert "Where things are" in result.output
+    # Step 8 served the champion over HTTP: the answer names its version, and it was logged.
+    assert '"model_version": "1"' in result.output and "/predict" in result.output
+    from shipml.serving.predlog import read_predictions
+
+    logged = list(read_predictions(folder / ".shipml" / "predictions"))
+    assert len(logged) == 1 and logged[0]["model_version"] == 1
     runs = Project.load(folder / "shipml.yaml").store.client.search_runs(
         [Project.load(folder / "shipml.yaml").store.experiment_id],
         filter_string="tags.`shipml.kind` = 'train'",

@@ -348,3 +348,56 @@ def test_champion_swap_without_a_failed_request(tmp_path: Path) -> None:
     assert load.failures == []
     assert versions[0] == "1" and "2" in versions and versions[-1] == "1"
     assert all(math.isfinite(float(a["probability"])) for a in load.answers)
+
+
+def test_a_tampered_fast_copy_is_refused_and_the_native_model_serves(
+    tmp_path: Path, served_project: Path
+) -> None:
+    from shipml import registry
+    from shipml.errors import RegistryError
+
+    project = Project.load(served_project)
+    blob = registry.load_fast(project.store, 1)
+    assert blob is not None
+    cached = next((served_project.parent / ".shipml" / "cache").glob("*/1-fast/model.fast"))
+    cached.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    with pytest.raises(RegistryError, match="checksum does not match"):
+        registry.load_fast(project.store, 1)
+    assert not cached.exists()  # dropped: the next load fetches the registered copy again
+    # A server that meets a bad copy serves the verified native model and says why.
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"not the registered copy")
+    with Server(served_project) as running:
+        model = running.get("/model").json()
+        assert model["inference"] == "native" and "checksum" in model["inference_note"]
+        row = _rows(served_project, 1)[0]
+        assert running.post("/predict", {"features": row}).status_code == 200
+    assert registry.load_fast(project.store, 1) == blob  # fetched again from the registry
+
+
+def test_ready_is_503_until_a_champion_exists_then_it_is_picked_up(tmp_path: Path) -> None:
+    def edit(raw: dict) -> None:
+        raw["features"]["exclude"] = ["customer_id"]
+        raw["training"].update(models=["random_forest"], baselines=False, trials=0)
+        raw["serving"] = {"reload_interval_s": 0.5}
+
+    config = make_project(tmp_path, _customers(), "churned", edit)
+    row = _rows(config, 1)[0]
+    with Server(config, wait=False) as running:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = running.get("/health")
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "the server never started"
+                time.sleep(0.2)
+        assert health.status_code == 200
+        ready = running.get("/ready")
+        assert ready.status_code == 503 and "no champion" in ready.json()["detail"]
+        early = running.post("/predict", {"features": row})
+        assert early.status_code == 503 and "no model loaded yet" in early.text
+        assert run_cli("train", "-c", config).exit_code == 0
+        assert running.wait_ready(60)["model_version"] == "1"
+        assert running.post("/predict", {"features": row}).status_code == 200
+    assert "no champion yet" in running.log.read_text()  # `shipml serve` said so at start

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -15,6 +18,11 @@ from shipml.errors import ConfigError
 from shipml.project import Project
 from shipml.scaffold import init_project
 from shipml.scoring import write_table
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return dict(json.loads(answer.read()))
 
 
 def _step(text: str) -> None:
@@ -103,6 +111,20 @@ def run_quickstart(folder: Path, time_budget: float = 60.0) -> Project:
     ui.console.print(f"  rollback: champion {old} → {new_champion}")
     ui.console.print(ui.versions_table(project.config.name, project.models()))
 
+    _step("8. shipml serve: the champion over HTTP (POST /predict)")
+    from shipml.serving.predlog import read_predictions
+    from shipml.serving.run import background_server, post_json
+
+    new_rows = read_table_file(paths["new"])
+    with background_server(project) as url:
+        columns = [c["name"] for c in _get_json(url + "/model")["input_schema"]]
+        row = json.loads(new_rows[columns].head(1).to_json(orient="records", date_format="iso"))[0]
+        answer = post_json(url + "/predict", {"features": row})
+    ui.console.print(f'  POST {url}/predict {{"features": {{...}}}}')
+    ui.console.print(f"  → {json.dumps(answer)}")
+    logged = sum(1 for _ in read_predictions(folder / ".shipml" / "predictions"))
+    ui.console.print(f"  logged under .shipml/predictions/ ({logged} prediction so far)")
+
     _step("Done")
     ui.console.print(
         ui.paths_table(
@@ -116,6 +138,7 @@ def run_quickstart(folder: Path, time_budget: float = 60.0) -> Project:
         )
     )
     ui.console.print(
-        f"Next: cd {folder} && shipml models · shipml ui · shipml predict data/new.csv --out x.csv"
+        f"Next: cd {folder} && shipml models · shipml ui · shipml serve · "
+        "shipml predict data/new.csv --out x.csv"
     )
     return project

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +67,27 @@ def _single_threaded(estimator: Any) -> None:
     for key in ("n_jobs", "regressor__n_jobs"):
         if key in params:
             estimator.set_params(**{key: 1})
+
+
+LANE_PATHS = frozenset({"/predict", "/predict/batch"})
+
+
+class ServingAPI(FastAPI):
+    """FastAPI, with POST /predict and /predict/batch answered by ``lane`` directly (the same
+    handlers as the documented routes, minus the framework's per-request machinery)."""
+
+    lane: Callable[[Any, Any, Any], Awaitable[None]] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            self.lane is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in LANE_PATHS
+        ):
+            await self.lane(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 @dataclass
@@ -318,7 +339,7 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
         if predlog is not None:
             predlog.close()
 
-    app = FastAPI(
+    app = ServingAPI(
         title=f"shipml: {config.name}",
         description=(
             f"Predictions from the champion of the shipml project '{config.name}'. The request "
@@ -333,7 +354,15 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
     max_body = serving.max_body_bytes
 
     async def read_json(request: Request) -> bytes | JSONResponse:
-        kind = request.headers.get("content-type", "")
+        return await body_of(
+            request.headers.get("content-type", ""),
+            request.headers.get("content-length"),
+            request.stream(),
+        )
+
+    async def body_of(
+        kind: str, declared: str | None, chunks: AsyncIterator[bytes]
+    ) -> bytes | JSONResponse:
         if kind.split(";")[0].strip().lower() != "application/json":
             return _error(
                 415,
@@ -342,11 +371,10 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
                 f"'{kind or 'none'}')",
                 metrics,
             )
-        declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             return _too_large()
         body = bytearray()
-        async for chunk in request.stream():
+        async for chunk in chunks:
             body += chunk
             if len(body) > max_body:
                 return _too_large()
@@ -421,24 +449,24 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
             return _error(500, "internal", "the model failed on this input", metrics)
 
     def observe(served: ServedModel, n: int, started: float, confidence: Any) -> float:
-        version = str(served.version)
         latency = time.perf_counter() - started
-        metrics.predictions.labels(model_version=version).inc(n)
-        metrics.latency.labels(model_version=version).observe(latency)
+        predictions, latencies, confidences = metrics.children(str(served.version))
+        predictions.inc(n)
+        latencies.observe(latency)
         if confidence is not None:
-            histogram = metrics.confidence.labels(model_version=version)
-            for value in confidence:
-                histogram.observe(float(value))
+            for value in confidence.tolist():
+                confidences.observe(value)
         return latency
 
     Scored = tuple[ServedModel, list[list[Any]], np.ndarray]
 
-    async def scored(request: Request, batch: bool) -> Scored | Response:
+    async def scored(body_or_error: Any, batch: bool) -> Scored | Response:
         """The request's rows scored by the model current when it arrived, or the error."""
         served = slot.current
         if served is None:
+            body_or_error.close()  # the body reader was never started
             return not_ready()
-        body = await read_json(request)
+        body = await body_or_error
         if isinstance(body, Response):
             return body
         parsed = parse(served.requests.batch if batch else served.requests.predict, body, served)
@@ -453,10 +481,8 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
             return outputs
         return served, values, outputs
 
-    @app.post("/predict", tags=["predict"], summary="Predict one row")
-    async def predict(request: Request) -> Response:
-        started = time.perf_counter()
-        result = await scored(request, batch=False)
+    async def answer_one(started: float, body: Any) -> Response:
+        result = await scored(body, batch=False)
         if isinstance(result, Response):
             return result
         served, values, outputs = result
@@ -472,10 +498,8 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
         log_answer(served, request_id, values, predictions, confidence, outputs, latency, False)
         return JSONResponse(answer)
 
-    @app.post("/predict/batch", tags=["predict"], summary="Predict many rows")
-    async def predict_batch(request: Request) -> Response:
-        started = time.perf_counter()
-        result = await scored(request, batch=True)
+    async def answer_batch(started: float, body: Any) -> Response:
+        result = await scored(body, batch=True)
         if isinstance(result, Response):
             return result
         served, values, outputs = result
@@ -493,6 +517,41 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
         latency = observe(served, n, started, confidence)
         log_answer(served, batch_id, values, predictions, confidence, outputs, latency, True)
         return JSONResponse(answer)
+
+    # The routes FastAPI documents and serves; shipml serve's hot path reaches the same two
+    # functions through the lane below, without FastAPI's request and dependency handling.
+    @app.post("/predict", tags=["predict"], summary="Predict one row")
+    async def predict(request: Request) -> Response:
+        return await answer_one(time.perf_counter(), read_json(request))
+
+    @app.post("/predict/batch", tags=["predict"], summary="Predict many rows")
+    async def predict_batch(request: Request) -> Response:
+        return await answer_batch(time.perf_counter(), read_json(request))
+
+    async def lane(scope: Any, receive: Any, send: Any) -> None:
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                yield message.get("body", b"")
+                if not message.get("more_body", False):
+                    return
+
+        body = body_of(
+            headers.get(b"content-type", b"").decode("latin-1"),
+            None if declared is None else declared.decode("latin-1"),
+            chunks(),
+        )
+        answer = answer_batch if scope["path"] == "/predict/batch" else answer_one
+        response = await answer(started, body)
+        await response(scope, receive, send)
+
+    app.lane = lane
 
     @app.post("/feedback", tags=["monitor"], summary="Attach the true label to a prediction")
     async def feedback(request: Request) -> Response:

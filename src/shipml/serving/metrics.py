@@ -8,6 +8,7 @@ up (prometheus_client's multiprocess mode).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -68,8 +69,22 @@ class ServingMetrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        self._children: dict[str, tuple[Any, Any, Any]] = {}
         for kind in ERROR_KINDS:
             self.errors.labels(kind=kind)  # every kind shows, at 0, from the start
+
+    def children(self, version: str) -> tuple[Any, Any, Any]:
+        """The (predictions, latency, confidence) series of one model version, looked up once
+        (``labels()`` costs microseconds per call on the request path)."""
+        found = self._children.get(version)
+        if found is None:
+            found = (
+                self.predictions.labels(model_version=version),
+                self.latency.labels(model_version=version),
+                self.confidence.labels(model_version=version),
+            )
+            self._children[version] = found
+        return found
 
     def served(self, version: str, family: str, inference: str) -> None:
         self.model_info.labels(model_version=version, family=family, inference=inference).set(1)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from shipml import registry
 from shipml.errors import ConfigError
@@ -58,3 +65,47 @@ def serve(project: Project, host: str, port: int, workers: int, access_log: bool
         log_level="info",
         timeout_graceful_shutdown=10,
     )
+
+
+@contextmanager
+def background_server(project: Project, timeout: float = 60.0) -> Iterator[str]:
+    """`shipml serve` in a thread of this process on a free 127.0.0.1 port, until the block
+    ends; yields its base URL once /ready answers 200 (for the quickstart)."""
+    import uvicorn
+
+    from shipml.serving.app import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = uvicorn.Config(
+        create_app(project), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="shipml-serve", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/ready", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"the server on {url} did not become ready")
+            time.sleep(0.1)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def post_json(url: str, body: Any) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return dict(json.loads(answer.read()))
