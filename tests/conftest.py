@@ -92,6 +92,15 @@ def make_project(
     raw["training"]["time_budget_s"] = 120
     # A couple of search trials exercise the search without filling the whole budget.
     raw["training"]["trials"] = 2
+    # Every family but CatBoost, which alone costs about 20 s per training on these small
+    # tables (its own tests: test_search, test_fastpath, test_train_search); the quickstart
+    # tests keep `models: auto`.
+    raw["training"]["models"] = [
+        "lightgbm",
+        "hist_gradient_boosting",
+        "random_forest",
+        "extra_trees",
+    ]
     if edit:
         edit(raw)
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
