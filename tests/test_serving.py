@@ -401,3 +401,17 @@ def test_ready_is_503_until_a_champion_exists_then_it_is_picked_up(tmp_path: Pat
         assert running.wait_ready(60)["model_version"] == "1"
         assert running.post("/predict", {"features": row}).status_code == 200
     assert "no champion yet" in running.log.read_text()  # `shipml serve` said so at start
+
+
+def test_a_busy_port_is_a_clear_user_error(served_project: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "-c", served_project, "--port", port)
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.all and "--port" in result.all
+    assert "Traceback" not in result.all
+    assert run_cli("serve", "-c", served_project, "--workers", "0").exit_code == 2
