@@ -416,14 +416,7 @@ def resolve_params(
                 f"training.params.{name}: expected a mapping of parameter: value",
                 "for example {n_estimators: 100}",
             )
-        known = _param_names(chosen[name])
-        for param in values:
-            if param not in known:
-                raise ConfigError(
-                    f"training.params.{name}.{param}: not a parameter of "
-                    f"{type(chosen[name].build(0)).__name__}",
-                    f"its parameters: {', '.join(sorted(known))}",
-                )
+        _check_known(chosen[name], values, f"training.params.{name}")
     return {name: dict(values) for name, values in params.items()}
 
 
@@ -451,13 +444,17 @@ def _checked_values(grid: dict[str, Any], where: str) -> None:
             )
 
 
-def _checked_grid(family: Family, grid: dict[str, Any], where: str) -> dict[str, list[Any]]:
-    _checked_values(grid, where)
+def _check_known(family: Family, params: dict[str, Any], where: str) -> None:
     known = _param_names(family)
-    for param in grid:
+    for param in params:
         if param not in known:
             raise ConfigError(
                 f"{where}.{param}: not a parameter of {type(family.build(0)).__name__}",
                 f"its parameters: {', '.join(sorted(known))}",
             )
+
+
+def _checked_grid(family: Family, grid: dict[str, Any], where: str) -> dict[str, list[Any]]:
+    _checked_values(grid, where)
+    _check_known(family, grid, where)
     return dict(grid)

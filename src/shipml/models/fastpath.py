@@ -1209,13 +1209,18 @@ def record_columns(records: Sequence[Mapping[str, Any]], schema: Schema) -> dict
             f"input: missing column '{missing[0]}' that the model needs",
             "add the column; `shipml` expects the columns of the training table",
         )
+    return value_columns({c: [r[c] for r in records] for c in schema.input_columns}, schema)
+
+
+def value_columns(values: Mapping[str, list[Any]], schema: Schema) -> dict[str, np.ndarray]:
+    """One list of JSON values per input column as ``{column: array}``, converted as
+    ``record_columns`` converts records (the serving path gets its values column-wise)."""
     out: dict[str, np.ndarray] = {}
     for column in schema.input_columns:
         role = schema.columns[column].role
-        values = [r[column] for r in records]
-        fast = _fast_values(values, role)
+        fast = _fast_values(values[column], role)
         if fast is None:
-            coerced = COERCERS[role](pd.Series(values), column, "input")
+            coerced = COERCERS[role](pd.Series(values[column]), column, "input")
             dtype: Any = {"categorical": object, "datetime": "datetime64[ns]"}.get(role, np.float64)
             fast = coerced.to_numpy(dtype=dtype)
         out[column] = fast

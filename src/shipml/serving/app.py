@@ -40,13 +40,13 @@ from shipml.config import ProjectConfig
 from shipml.data.coerce import category_str
 from shipml.data.schema import Schema
 from shipml.errors import ShipmlError
+from shipml.models.fastpath import FastPredictor, value_columns
 from shipml.project import Project
 from shipml.serving.metrics import ServingMetrics
 from shipml.serving.predlog import PredictionLog
 from shipml.serving.requests import (
     FeedbackRequest,
     RequestModels,
-    columns_from_values,
     frame_from_columns,
 )
 
@@ -117,8 +117,6 @@ class ServedModel:
         try:
             blob = registry.load_fast(store, loaded.version)
             if blob is not None:
-                from shipml.models.fastpath import FastPredictor
-
                 fast = FastPredictor.from_bytes(blob)
                 inference, note = "fast", "ONNX trees and numpy preprocessing, verified at training"
         except Exception as err:  # the native model always works: serve it and say why
@@ -147,7 +145,7 @@ class ServedModel:
 
     def outputs(self, values: list[list[Any]]) -> np.ndarray:
         """Probabilities (classification) or predictions for rows given one list per column."""
-        columns = columns_from_values(self.schema, self.columns, values)
+        columns = value_columns(dict(zip(self.columns, values, strict=True)), self.schema)
         if self.fast is not None:
             return np.asarray(self.fast.outputs(columns))
         frame = frame_from_columns(columns, self.columns)

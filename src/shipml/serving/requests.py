@@ -10,10 +10,8 @@ scored as the encoder scores unseen values; null is a missing value, imputed as 
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from typing import Annotated, Any
 
-import numpy as np
 import pandas as pd
 from pydantic import (
     AllowInfNan,
@@ -29,7 +27,7 @@ from pydantic import (
     field_validator,
 )
 
-from shipml.data.coerce import BOOL_FALSE, BOOL_TRUE, category_str
+from shipml.data.coerce import BOOL_FALSE, BOOL_TRUE
 from shipml.data.schema import Schema
 
 MAX_SHOWN_CATEGORIES = 50
@@ -205,51 +203,14 @@ class FeedbackRequest(BaseModel):
         return value.strip()
 
 
-def columns_from_values(
-    schema: Schema, columns: list[str], values: list[list[Any]]
-) -> dict[str, Any]:
-    """Per-column arrays with the types training used (see shipml.data.coerce): numbers and
-    booleans float64 with NaN for missing, categories object arrays of strings (None missing),
-    datetimes datetime64[ns]. Built straight from validated JSON values (one list per column),
-    without a DataFrame."""
-    out: dict[str, Any] = {}
-    for name, column in zip(columns, values, strict=True):
-        role = schema.columns[name].role
-        if role in ("numeric", "boolean"):
-            out[name] = np.array([math.nan if v is None else v for v in column], dtype=np.float64)
-        elif role == "datetime":
-            out[name] = pd.to_datetime(
-                pd.Series(column, dtype=object), errors="coerce", format="mixed"
-            ).to_numpy(dtype="datetime64[ns]")
-        else:
-            out[name] = np.array(
-                [v if v is None or isinstance(v, str) else category_str(v) for v in column],
-                dtype=object,
-            )
-    return out
-
-
 def frame_from_columns(columns: dict[str, Any], order: list[str]) -> pd.DataFrame:
-    """The coerced input frame (as shipml.data.coerce.coerce_frame gives) from per-column arrays."""
-    data = {}
-    for name in order:
-        values = columns[name]
-        if values.dtype == object:
-            values = pd.Series(values, dtype=object).where(
-                pd.notna(pd.Series(values, dtype=object)), np.nan
-            )
-        data[name] = values
-    return pd.DataFrame(data, columns=order)
-
-
-def now_iso() -> str:
-    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+    """The coerced input frame (as shipml.data.coerce.coerce_frame gives) from the per-column
+    arrays of shipml.models.fastpath.value_columns (missing values already NaN / NaT)."""
+    return pd.DataFrame({name: columns[name] for name in order}, columns=order)
 
 
 __all__ = [
     "FeedbackRequest",
     "RequestModels",
-    "columns_from_values",
     "frame_from_columns",
-    "now_iso",
 ]
