@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.shipml-installed
 DEMO_DIR ?= shipml-quickstart
 
-.PHONY: install demo test test-fast lint format anchors bench serve-anchors bench-serve clean
+.PHONY: install demo test test-fast lint format anchors bench serve-anchors bench-serve bench-drift clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ serve-anchors: .bench/bentoml/.installed .bench/mlserver/.installed  ## wrk, Ben
 
 bench-serve: install serve-anchors  ## shipml serve vs the cheat-sheet app, MLflow, BentoML and MLServer
 	$(BIN)/python benchmarks/serve_bench.py $(BENCH_SERVE_ARGS)
+
+bench-drift: install  ## shipml.detect_drift vs Evidently's DataDriftPreset and a scipy pass (200k, 1M rows)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
+	$(BIN)/python benchmarks/drift_bench.py --repeats 3 --out benchmarks/DRIFT_RESULTS.md $(BENCH_DRIFT_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1057,6 +1057,29 @@ def plain_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def command_used() -> str:
+    """The command line that ran this benchmark, as someone would type it again."""
+    python = sys.executable
+    try:
+        relative = os.path.relpath(python)
+        if not relative.startswith(".."):
+            python = relative
+    except ValueError:
+        pass
+    return shlex.join([python, *sys.argv])
+
+
+def busy_note(load: float) -> list[str]:
+    """Markdown lines warning that the machine was busy when the run started (else none)."""
+    if load <= 0.5:
+        return []
+    return [
+        f"The machine was not idle (load average {load:.2f} at the start): other "
+        "processes shared its cores, so these numbers compare poorly with other runs.",
+        "",
+    ]
+
+
 def markdown_table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|---" + "|---:" * (len(rows[0]) - 1) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
@@ -1229,8 +1252,7 @@ def write_markdown(
         "",
         f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {_machine()}",
-        f"- command: `{' '.join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])}`"
-        f" (git {_git()})",
+        f"- command: `{command_used()}` (git {_git()})",
         f"- versions: {versions}",
         f"- load average (1 min) before / after: {load[0]:.2f} / {load[1]:.2f}",
         f"- model: shipml version {info.get('shipml_version')} of the demo churn table "
@@ -1250,12 +1272,7 @@ def write_markdown(
     ]
     if notes:
         lines += [*[f"- [{i}] {note}" for i, note in enumerate(notes, 1)], ""]
-    if load[0] > 0.5:
-        lines += [
-            f"The machine was not idle (load average {load[0]:.2f} at the start): other "
-            "processes shared its cores, so these numbers compare poorly with other runs.",
-            "",
-        ]
+    lines += busy_note(load[0])
     lines += ["Targets for (a):", "", *target_lines, "", f"**{verdict}**", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -42,7 +42,6 @@ import hashlib
 import json
 import math
 import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from serve_bench import command_used
 from sklearn import datasets as skdata
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
@@ -616,17 +616,6 @@ def notes_lines(rows: list[Row]) -> list[str]:
                 if x.load and max(x.load) > 2.5:
                     lines.append(f"{where}: load average {x.load[0]} → {x.load[1]} (not idle)")
     return lines
-
-
-def command_used() -> str:
-    python = sys.executable
-    try:
-        relative = os.path.relpath(python)
-        if not relative.startswith(".."):
-            python = relative
-    except ValueError:
-        pass
-    return shlex.join([python, *sys.argv])
 
 
 def write_markdown(path: Path, text_table: str, notes: list[str], budget: float, summary: str):

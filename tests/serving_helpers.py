@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -85,3 +86,59 @@ class Server:
 
     def get(self, path: str) -> requests.Response:
         return requests.get(self.url + path, timeout=30)
+
+
+class Prometheus:
+    """Debian's prometheus server on 127.0.0.1, scraping one target every second."""
+
+    def __init__(self, folder: Path, target: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = folder / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            "  - job_name: shipml\n"
+            f"    static_configs: [{{targets: ['{target}']}}]\n"
+        )
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise AssertionError(
+                "the prometheus server is not installed: `apt-get install -y prometheus` "
+                "(.ci/run does it)"
+            )
+        self.log = (folder / "prometheus.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={folder / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/-/ready", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("prometheus did not become ready")
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        r = requests.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
+        r.raise_for_status()
+        return list(r.json()["data"]["result"])
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()

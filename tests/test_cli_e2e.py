@@ -218,6 +218,9 @@ def test_quickstart_runs_the_whole_loop_on_demo_data(tmp_path: Path) -> None:
 
     logged = list(read_predictions(folder / ".shipml" / "predictions"))
     assert len(logged) == 1 and logged[0]["model_version"] == 1
+    # Step 9 monitored the new data against the champion's reference profile.
+    assert "Dataset drift:" in result.output
+    assert "data:image/png" in (folder / "drift.html").read_text()
     runs = Project.load(folder / "shipml.yaml").store.client.search_runs(
         [Project.load(folder / "shipml.yaml").store.experiment_id],
         filter_string="tags.`shipml.kind` = 'train'",

@@ -4,18 +4,16 @@ bounded schemathesis run over the OpenAPI document that must find no 5xx."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 from tests.conftest import make_project, run_cli
-from tests.serving_helpers import Server, free_port
+from tests.serving_helpers import Prometheus, Server
 from tests.test_serving import _customers, _rows
 
 pytestmark = pytest.mark.integration
@@ -35,62 +33,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = make_project(folder, _customers(), "churned", edit)
     assert run_cli("train", "-c", config).exit_code == 0
     return config
-
-
-class Prometheus:
-    """Debian's prometheus server on 127.0.0.1, scraping one target every second."""
-
-    def __init__(self, folder: Path, target: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = folder / "prometheus.yml"
-        config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n"
-            "  - job_name: shipml\n"
-            f"    static_configs: [{{targets: ['{target}']}}]\n"
-        )
-        binary = shutil.which("prometheus")
-        if binary is None:
-            raise AssertionError(
-                "the prometheus server is not installed: `apt-get install -y prometheus` "
-                "(.ci/run does it)"
-            )
-        self.log = (folder / "prometheus.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={folder / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/-/ready", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("prometheus did not become ready")
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        r = requests.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
-        r.raise_for_status()
-        return list(r.json()["data"]["result"])
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 def test_prometheus_scrapes_the_counts_of_two_workers(tmp_path: Path, project: Path) -> None:

@@ -4,6 +4,7 @@ import shipml
 project = shipml.Project.load("shipml.yaml")
 result = project.train(time_budget=60)
 model = project.load_model("champion")
+drift = shipml.detect_drift(reference_df, current_df)   # drift.columns["age"].score, .drift
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
-__all__ = ["Project", "ShipmlError", "__version__"]
+__all__ = ["DriftResult", "Project", "ShipmlError", "__version__", "detect_drift"]
 
 if TYPE_CHECKING:
     from shipml.errors import ShipmlError
+    from shipml.monitoring.drift import DriftResult, detect_drift
     from shipml.project import Project
 
 
@@ -34,4 +36,8 @@ def __getattr__(name: str) -> Any:
         from shipml.errors import ShipmlError
 
         return ShipmlError
+    if name in ("detect_drift", "DriftResult"):
+        from shipml.monitoring import drift
+
+        return getattr(drift, name)
     raise AttributeError(f"module 'shipml' has no attribute {name!r}")

@@ -380,6 +380,139 @@ def serve(
     run_server(project, host, port, workers, access_log)
 
 
+def _since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"'{text}' is not an ISO date or time (e.g. 2026-11-26 or 2026-11-26T08:00)",
+            param_hint="--since",
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@app.command()
+@handle_errors
+def monitor(
+    current: Annotated[
+        Path | None,
+        typer.Option("--current", help="CSV or Parquet file of current data (read in chunks)."),
+    ] = None,
+    from_log: Annotated[
+        bool, typer.Option("--from-log", help="Check the latest logged predictions instead.")
+    ] = False,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="Compare with this file instead of the model's reference profile "
+            "(no project needed).",
+        ),
+    ] = None,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            "--window",
+            help="With --from-log: the latest N rows [default: monitoring.window].",
+            min=1,
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="With --from-log: rows logged at or after this ISO time."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write an HTML report to this file.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON to this file.")
+    ] = None,
+    fail_on_drift: Annotated[
+        bool,
+        typer.Option("--fail-on-drift", help="Exit 1 when the dataset drifted (for CI, cron)."),
+    ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="shipml, or evidently: also write Evidently's own report (--report) "
+            "[needs `pip install shipml[evidently]`].",
+        ),
+    ] = "shipml",
+    config: ConfigOpt = Path("shipml.yaml"),
+    alias: AliasOpt = "champion",
+    version: VersionOpt = None,
+) -> None:
+    """Data drift, prediction drift and live performance of current data against the model's
+    training data (its reference profile, stored with every version).
+
+    Per column: Kolmogorov–Smirnov / chi-squared / z-test p-values for references of up to
+    1,000 rows, Wasserstein (normed) / Jensen–Shannon distances above that (Evidently's
+    defaults), PSI beside them. The dataset drifts when at least `monitoring.drift_share` of
+    the columns drift. Labels in the file (or sent to /feedback) give live metrics against the
+    test-time metrics.
+
+    Examples: `shipml monitor --current new.csv --report drift.html`,
+    `shipml monitor --from-log --window 5000 --fail-on-drift`,
+    `shipml monitor --reference train.csv --current new.csv`
+    """
+    from shipml.console import monitor_summary
+    from shipml.monitoring.service import run_monitor
+
+    if (current is None) == (not from_log):
+        raise typer.BadParameter("give exactly one of --current FILE or --from-log")
+    if engine not in ("shipml", "evidently"):
+        raise typer.BadParameter("use shipml or evidently", param_hint="--engine")
+    if engine == "evidently" and report is None:
+        raise typer.BadParameter("--engine evidently writes a report: give --report FILE.html")
+    project = None if reference is not None and not config.exists() else _project(config)
+    result, saved = run_monitor(
+        project,
+        current=current,
+        reference=reference,
+        window=window,
+        since=_since(since),
+        ref=_ref(alias, version),
+        report=report,
+        json_out=json_out,
+        engine=engine,
+    )
+    monitor_summary(result)
+    for label, path in saved.items():
+        console.print(f"  {label}: {path}")
+    if fail_on_drift and result.drift.dataset_drift:
+        raise typer.Exit(1)
+
+
+export_app = typer.Typer(
+    help="Write files that run the project elsewhere: dashboards, containers, pipelines.",
+    no_args_is_help=True,
+)
+app.add_typer(export_app, name="export")
+
+OutOpt = Annotated[Path, typer.Option("--out", help="Folder to write into (created if missing).")]
+
+
+@export_app.command("grafana")
+@handle_errors
+def export_grafana(out: OutOpt, config: ConfigOpt = Path("shipml.yaml")) -> None:
+    """A Grafana dashboard of the service's Prometheus metrics (traffic, errors, latency,
+    confidence, drift), with provisioning files for Grafana and a Prometheus data source.
+
+    Mount DIR/provisioning at /etc/grafana/provisioning and the dashboard JSON at
+    /var/lib/grafana/dashboards; set the Prometheus URL in provisioning/datasources.
+
+    Example: `shipml export grafana --out grafana/`
+    """
+    from shipml.deploy.grafana import export_grafana as write
+
+    project = _project(config)
+    for path in write(out, project.config.name):
+        console.print(f"  wrote {path}")
+
+
 @app.command()
 @handle_errors
 def quickstart(

@@ -147,8 +147,30 @@ class ServingConfig(_Strict):
     admin_token: str | None = Field(default=None, min_length=8)
 
 
+DriftMethod = Literal["ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi"]
+
+
+class DriftRule(_Strict):
+    """A column's own drift test: ``method`` and/or ``threshold`` (p-value or distance)."""
+
+    method: DriftMethod | None = None
+    threshold: float | None = Field(default=None, gt=0.0)
+
+
 class MonitoringConfig(_Strict):
+    # Distance methods (wasserstein, jensenshannon, psi) flag drift at a score >= drift_threshold;
+    # statistical tests (ks, chisquare, z) at a p-value below p_value.
     drift_threshold: float = Field(default=0.1, gt=0.0)
+    p_value: float = Field(default=0.05, gt=0.0, lt=1.0)
+    # The dataset drifts when at least this share of the tested columns drift.
+    drift_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    columns: dict[str, DriftRule] = Field(default_factory=dict)
+    # `shipml monitor --from-log` and the server's drift gauges look at the latest `window` rows.
+    window: int = Field(default=1000, ge=10, le=10_000_000)
+    # How often a running server recomputes its drift gauges (in the background).
+    interval_s: float = Field(default=60.0, gt=0.0, le=86_400.0)
+    # Live metric worse than the test-time metric by more than this share: degradation.
+    performance_tolerance: float = Field(default=0.05, ge=0.0, le=1.0)
 
 
 class ProjectConfig(_Strict):

@@ -25,6 +25,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from shipml.data.schema import Schema
     from shipml.data.validate import ValidationReport
+    from shipml.monitoring.service import MonitorResult
     from shipml.registry import VersionInfo
     from shipml.scoring import EvaluationResult
     from shipml.training.search import Leaderboard
@@ -256,3 +257,48 @@ def paths_table(rows: dict[str, Path | str]) -> Table:
     for k, v in rows.items():
         table.add_row(k, str(v))
     return table
+
+
+def drift_table(result: MonitorResult) -> Table:
+    """One row per tested column (then predictions and target): test, score, verdict."""
+    drift = result.drift
+    table = Table(
+        title=f"Drift of {result.source} against {result.reference}", title_justify="left"
+    )
+    for col in ("column", "kind", "test", "score", "threshold", "drift", "PSI", "missing"):
+        table.add_column(col, justify="right" if col in ("score", "threshold", "PSI") else "left")
+    rows = list(drift.columns.values())
+    extra = [c for c in (drift.prediction, drift.target) if c is not None]
+    for i, c in enumerate(rows + extra):
+        table.add_row(
+            c.column if i < len(rows) else f"[italic]{c.column}[/]",
+            c.kind,
+            c.method_name,
+            f"{c.score:.3g}",
+            f"{c.threshold:g}",
+            "[bold red]DRIFT[/]" if c.drift else "[green]no[/]",
+            fmt(c.psi, 3),
+            f"{100 * c.missing_reference:.0f}% → {100 * c.missing_current:.0f}%",
+            end_section=i == len(rows) - 1 and bool(extra),
+        )
+    return table
+
+
+def monitor_summary(result: MonitorResult) -> None:
+    console.print(drift_table(result))
+    drift = result.drift
+    for finding in drift.findings:
+        console.print(f"[yellow]schema:[/] {finding.message}")
+    verdict = "[bold red]yes[/]" if drift.dataset_drift else "[green]no[/]"
+    console.print(
+        f"Dataset drift: {verdict} ({len(drift.drifted_columns)} of {len(drift.columns)} "
+        f"columns drifted; the dataset drifts at {100 * drift.drift_share:.0f}%)"
+    )
+    perf = result.performance
+    if perf is not None:
+        state = "[bold red]degraded[/]" if perf.degraded else "[green]ok[/]"
+        console.print(
+            f"Performance: {state}: {perf.metric} {fmt(perf.live)} on {perf.n_labelled} labelled "
+            f"rows vs {fmt(perf.reference)} at test time "
+            f"(tolerance {100 * perf.tolerance:.0f}%)"
+        )

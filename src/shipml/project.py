@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ def report_file(root: Path, name: str, version: int) -> Path:
 if TYPE_CHECKING:  # imported where used: `shipml models` need not load scikit-learn's metrics
     import pandas as pd
 
+    from shipml.monitoring.service import MonitorResult
     from shipml.scoring import EvaluationResult, Model
     from shipml.training.search import EventHandler
     from shipml.training.train import TrainResult
@@ -101,6 +103,23 @@ class Project:
             f"version {version} of '{self.config.name}' has no report",
             "versions trained before shipml wrote reports have none: retrain to get one",
         )
+
+    def monitor(
+        self,
+        current: str | Path | None = None,
+        ref: str | int = "champion",
+        window: int | None = None,
+        since: datetime | None = None,
+    ) -> MonitorResult:
+        """Drift and performance of a file (``current``) or, without one, of the latest logged
+        predictions, against version ``ref``'s reference profile."""
+        from shipml.monitoring.drift import DriftSettings
+        from shipml.monitoring.service import monitor_file, monitor_log
+
+        settings = DriftSettings.from_config(self.config.monitoring)
+        if current is not None:
+            return monitor_file(self, Path(current), ref, settings)
+        return monitor_log(self, ref, settings, window, since)
 
     def __repr__(self) -> str:
         return f"Project(name={self.config.name!r}, path={str(self.path)!r})"

@@ -42,7 +42,7 @@ def _prepare(folder: Path) -> None:
             "choose a new or empty folder, e.g. --dir shipml-quickstart",
         )
     if (folder / _MARKER).exists():
-        for name in (".shipml", "data", "shipml.yaml", "scored.csv"):
+        for name in (".shipml", "data", "shipml.yaml", "scored.csv", "drift.html"):
             path = folder / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -125,6 +125,13 @@ def run_quickstart(folder: Path, time_budget: float = 60.0) -> Project:
     logged = sum(1 for _ in read_predictions(folder / ".shipml" / "predictions"))
     ui.console.print(f"  logged under .shipml/predictions/ ({logged} prediction so far)")
 
+    _step("9. shipml monitor --current data/new.csv --report drift.html")
+    from shipml.monitoring.service import run_monitor
+
+    drift_path = folder / "drift.html"
+    watched, _ = run_monitor(project, current=paths["new"], report=drift_path)
+    ui.monitor_summary(watched)
+
     _step("Done")
     ui.console.print(
         ui.paths_table(
@@ -134,11 +141,12 @@ def run_quickstart(folder: Path, time_budget: float = 60.0) -> Project:
                 "artifacts": folder / ".shipml" / "artifacts",
                 "reports": folder / ".shipml" / "reports",
                 "scored file": scored_path,
+                "drift report": drift_path,
             }
         )
     )
     ui.console.print(
         f"Next: cd {folder} && shipml models · shipml ui · shipml serve · "
-        "shipml predict data/new.csv --out x.csv"
+        "shipml predict data/new.csv --out x.csv · shipml monitor --from-log"
     )
     return project

@@ -9,13 +9,15 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from shipml.data.schema import Schema
 from shipml.errors import InputSchemaError
+
+if TYPE_CHECKING:  # annotations only: monitoring reads data without loading the config models
+    from shipml.data.schema import Schema
 
 BOOL_TRUE = frozenset({"true", "yes", "y", "t", "1", "1.0"})
 BOOL_FALSE = frozenset({"false", "no", "n", "f", "0", "0.0"})

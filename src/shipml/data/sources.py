@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -88,9 +90,7 @@ def _clean_columns(df: pd.DataFrame, where: str) -> pd.DataFrame:
     return out
 
 
-def read_table_file(path: str | Path) -> pd.DataFrame:
-    """Read a CSV (.csv, .tsv, .txt, optionally .gz) or Parquet (.parquet, .pq) file."""
-    path = Path(path)
+def _checked_kind(path: Path) -> str:
     if not path.exists():
         raise DataError(f"data file not found: {path}", _PATH_HINT)
     if path.is_dir():
@@ -103,11 +103,14 @@ def read_table_file(path: str | Path) -> pd.DataFrame:
             f"{path}: unknown file type '{''.join(path.suffixes) or '(none)'}'",
             "use a CSV (.csv, .tsv, .txt, .csv.gz) or Parquet (.parquet, .pq) file",
         )
+    return kind
+
+
+@contextmanager
+def _reading(path: Path, kind: str) -> Iterator[None]:
+    """Turn the errors of reading a data file into DataErrors that name the file and the fix."""
     try:
-        if kind == "parquet":
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_csv(path, sep=_csv_separator(path), low_memory=False)
+        yield
     except pd.errors.EmptyDataError:
         raise DataError(
             f"{path}: the file is empty (no columns)", "give a file with a header row and data rows"
@@ -135,6 +138,9 @@ def read_table_file(path: str | Path) -> pd.DataFrame:
                 "check that the file is a valid Parquet file",
             ) from None
         raise
+
+
+def _checked_frame(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     if df.shape[1] == 0:
         raise DataError(
             f"{path}: the file has no columns", "give a file with a header row and data rows"
@@ -142,6 +148,46 @@ def read_table_file(path: str | Path) -> pd.DataFrame:
     if len(df) == 0:
         raise DataError(f"{path}: the file has a header but no rows", "add data rows to the file")
     return _clean_columns(df, str(path))
+
+
+def read_table_file(path: str | Path) -> pd.DataFrame:
+    """Read a CSV (.csv, .tsv, .txt, optionally .gz) or Parquet (.parquet, .pq) file."""
+    path = Path(path)
+    kind = _checked_kind(path)
+    with _reading(path, kind):
+        if kind == "parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, sep=_csv_separator(path), low_memory=False)
+    return _checked_frame(df, path)
+
+
+def iter_table_file(path: str | Path, chunk_rows: int = 200_000) -> Iterator[pd.DataFrame]:
+    """The rows of a CSV or Parquet file in chunks of at most ``chunk_rows``, so a file of any
+    size is read in bounded memory; the same checks and messages as ``read_table_file``."""
+    path = Path(path)
+    kind = _checked_kind(path)
+    with _reading(path, kind):
+        batches: Iterable[pd.DataFrame]
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            batches = (
+                batch.to_pandas()
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
+            )
+        else:
+            batches = pd.read_csv(
+                path, sep=_csv_separator(path), low_memory=False, chunksize=chunk_rows
+            )
+        first = True
+        for chunk in batches:
+            yield _checked_frame(chunk, path) if first else _clean_columns(chunk, str(path))
+            first = False
+        if first:
+            raise DataError(
+                f"{path}: the file has a header but no rows", "add data rows to the file"
+            )
 
 
 # --- SQL ---------------------------------------------------------------------------------------

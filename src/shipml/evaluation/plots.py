@@ -43,7 +43,7 @@ _DPI = 100
 _CHANCE: dict[str, Any] = {"color": "0.6", "linestyle": "--", "linewidth": 1}
 
 
-def _figure(size: tuple[float, float] = _SIZE) -> tuple[Figure, Axes]:
+def new_figure(size: tuple[float, float] = _SIZE) -> tuple[Figure, Axes]:
     fig = Figure(figsize=size, dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
@@ -81,7 +81,7 @@ def confusion_matrix_figure(y_true: Any, y_pred: Any, labels: Sequence[Any]) -> 
     share = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     n = len(labels)
     side = min(4.5 + 0.25 * max(0, n - 4), 9.0)
-    fig, ax = _figure((side + 1.5, side))
+    fig, ax = new_figure((side + 1.5, side))
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, label="share of the true class")
     names = [_label(c, 20) for c in labels]
@@ -138,7 +138,7 @@ def roc_figure(y_true: Any, proba: Any, classes: Sequence[Any]) -> Figure:
     from sklearn.metrics import auc, roc_curve
 
     curves, note = _one_vs_rest(y_true, proba, classes, "ROC curve")
-    fig, ax = _figure()
+    fig, ax = new_figure()
     for cls, is_class, score in curves:
         fpr, tpr, _ = roc_curve(is_class, score)
         name = "ROC" if len(curves) == 1 and len(classes) == 2 else _label(cls)
@@ -158,7 +158,7 @@ def precision_recall_figure(y_true: Any, proba: Any, classes: Sequence[Any]) -> 
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     curves, note = _one_vs_rest(y_true, proba, classes, "precision-recall curve")
-    fig, ax = _figure()
+    fig, ax = new_figure()
     for cls, is_class, score in curves:
         precision, recall, _ = precision_recall_curve(is_class, score)
         ap = average_precision_score(is_class, score)
@@ -196,7 +196,7 @@ def calibration_figure(y_true: Any, proba: Any, classes: Sequence[Any]) -> Figur
         hits, confidence = predicted == y, scores.max(axis=1)
         xlabel, ylabel = "confidence in the predicted class", "share predicted correctly"
     observed, predicted_mean = calibration_curve(hits, confidence, n_bins=10, strategy="uniform")
-    fig, ax = _figure()
+    fig, ax = new_figure()
     ax.plot([0, 1], [0, 1], label="perfectly calibrated", **_CHANCE)
     ax.plot(predicted_mean, observed, marker="o", linewidth=1.8, label="model")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
@@ -215,7 +215,7 @@ def importance_figure(importances: pd.DataFrame, metric: str = "score") -> Figur
     if importances.empty:
         raise ValueError("there are no feature importances to show")
     top = importances.sort_values("mean", ascending=False).head(MAX_IMPORTANCE_BARS)
-    fig, ax = _figure((6.0, max(3.0, 1.0 + 0.3 * len(top))))
+    fig, ax = new_figure((6.0, max(3.0, 1.0 + 0.3 * len(top))))
     positions = np.arange(len(top))
     ax.barh(positions, top["mean"], xerr=top["std"], color="tab:blue", alpha=0.8, capsize=2)
     ax.set_yticks(positions, [_label(f, 35) for f in top["feature"]])
@@ -232,7 +232,7 @@ def learning_curve_figure(
 ) -> Figure:
     """Mean score against training rows, with ± one standard deviation bands."""
     sizes = np.asarray(sizes, dtype=float)
-    fig, ax = _figure()
+    fig, ax = new_figure()
     for scores, name, colour in (
         (train_scores, "training", "tab:blue"),
         (valid_scores, "cross-validation", "tab:orange"),
@@ -270,7 +270,7 @@ def _alpha(n: int) -> float:
 def residuals_figure(y_true: Any, y_pred: Any) -> Figure:
     """Residual (actual − predicted) against predicted, with the zero line."""
     actual, predicted = _regression_values(y_true, y_pred)
-    fig, ax = _figure()
+    fig, ax = new_figure()
     ax.scatter(predicted, actual - predicted, s=14, alpha=_alpha(len(actual)), label="test row")
     ax.axhline(0.0, label="no error", **_CHANCE)
     ax.set_xlabel("predicted value")
@@ -285,7 +285,7 @@ def predicted_vs_actual_figure(y_true: Any, y_pred: Any) -> Figure:
     actual, predicted = _regression_values(y_true, y_pred)
     low = float(min(actual.min(), predicted.min()))
     high = float(max(actual.max(), predicted.max()))
-    fig, ax = _figure()
+    fig, ax = new_figure()
     ax.scatter(actual, predicted, s=14, alpha=_alpha(len(actual)), label="test row")
     ax.plot([low, high], [low, high], label="predicted = actual", **_CHANCE)
     ax.set_xlabel("actual value")
@@ -314,7 +314,7 @@ def search_history_figure(
     pruned = [t for t in scored if t.get("status") == "pruned"]
     families = list(dict.fromkeys(str(t.get("family")) for t in [*done, *pruned]))
     colours = {f: f"C{i % 10}" for i, f in enumerate(families)}
-    fig, ax = _figure((7.0, 4.5))
+    fig, ax = new_figure((7.0, 4.5))
     for family in families:
         mine = [t for t in done if str(t.get("family")) == family]
         if mine:

@@ -14,13 +14,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from jinja2 import Environment, StrictUndefined, Template
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template
 
 from shipml.evaluation import plots
 from shipml.evaluation.inspection import (
@@ -92,7 +91,7 @@ def _reason(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _draw(anchor: str, title: str, build: Callable[[], Figure], caption: str = "") -> FigureSection:
+def draw(anchor: str, title: str, build: Callable[[], Figure], caption: str = "") -> FigureSection:
     try:
         uri = plots.figure_to_data_uri(build())
     except Exception as err:  # one figure the data cannot make must not sink the whole report
@@ -100,7 +99,7 @@ def _draw(anchor: str, title: str, build: Callable[[], Figure], caption: str = "
     return FigureSection(anchor, title, uri=uri, caption=caption)
 
 
-def _num(value: float | None) -> str:
+def fmt_num(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "—"
     return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4f}"
@@ -160,7 +159,8 @@ def _leaderboard(board: Leaderboard) -> dict[str, Any]:
     rows = []
     for r in ordered:
         scores = [
-            f"{_num(r.mean(m))} ± {_num(r.std(m))}" if m in r.fold_scores else "—" for m in metrics
+            f"{fmt_num(r.mean(m))} ± {fmt_num(r.std(m))}" if m in r.fold_scores else "—"
+            for m in metrics
         ]
         members = ", ".join(f"{name} ×{weight}" for name, weight in r.members.items())
         rows.append(
@@ -184,7 +184,7 @@ def _test_metrics(metrics: dict[str, float], primary: str) -> list[dict[str, Any
     return [
         {
             "name": name,
-            "value": _num(metrics[name]),
+            "value": fmt_num(metrics[name]),
             "primary": name == primary,
             "direction": (
                 ("higher" if METRICS[name].greater_is_better else "lower") + " is better"
@@ -249,7 +249,7 @@ def _diagnostics(inputs: ReportInputs) -> list[FigureSection]:
     threshold = _threshold(inputs)
     cut = f"decision threshold {threshold}" if threshold else "the most probable class"
     return [
-        _draw(anchor, title, builders[anchor], caption.format(cut=cut))
+        draw(anchor, title, builders[anchor], caption.format(cut=cut))
         for anchor, title, caption in specs
     ]
 
@@ -280,11 +280,11 @@ def _importance(inputs: ReportInputs) -> tuple[FigureSection, list[dict[str, str
         )
         + "); near zero or below means unused."
     )
-    section = _draw(
+    section = draw(
         "importance", title, lambda: plots.importance_figure(table, inputs.metric), caption
     )
     rows = [
-        {"feature": str(feature), "mean": _num(float(mean)), "std": _num(float(std))}
+        {"feature": str(feature), "mean": fmt_num(float(mean)), "std": fmt_num(float(std))}
         for feature, mean, std in zip(table["feature"], table["mean"], table["std"], strict=True)
     ]
     return section, rows
@@ -327,7 +327,7 @@ def _learning(inputs: ReportInputs) -> FigureSection:
             )
         return plots.learning_curve_figure(sizes, train, valid, inputs.metric)
 
-    section = _draw("learning-curves", title, build, caption)
+    section = draw("learning-curves", title, build, caption)
     section.caption += cut_short
     return section
 
@@ -337,7 +337,7 @@ def _search(inputs: ReportInputs) -> tuple[FigureSection, list[dict[str, Any]]]:
     if not history:
         return FigureSection("search-history", title, error="no search trials were recorded"), []
     greater = metric_spec(inputs.metric).greater_is_better
-    section = _draw(
+    section = draw(
         "search-history",
         title,
         lambda: plots.search_history_figure(history, inputs.metric, greater),
@@ -361,7 +361,7 @@ def _search(inputs: ReportInputs) -> tuple[FigureSection, list[dict[str, Any]]]:
                 "completed": sum(t.get("status") == "ok" for t in trials),
                 "pruned": sum(t.get("status") == "pruned" for t in trials),
                 "failed": sum(t.get("status") not in ("ok", "pruned") for t in trials),
-                "best": _num(best),
+                "best": fmt_num(best),
             }
         )
     return section, rows
@@ -370,13 +370,17 @@ def _search(inputs: ReportInputs) -> tuple[FigureSection, list[dict[str, Any]]]:
 # --- the document ---------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _template() -> Template:
-    text = resources.files("shipml").joinpath("templates/report.html.j2").read_text("utf-8")
+@lru_cache(maxsize=4)
+def template(name: str = "report.html.j2") -> Template:
+    """A report template from the package (they share templates/style.css)."""
     env = Environment(
-        autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
+        loader=PackageLoader("shipml", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-    return env.from_string(text)
+    return env.get_template(name)
 
 
 def _contents(*sections: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
@@ -402,7 +406,7 @@ def build_report(inputs: ReportInputs) -> str:
         [(s.anchor, s.title) for s in (*diagnostics, importance, learning, search)],
         [("notes", "Notes")],
     )
-    return _template().render(
+    return template().render(
         project=inputs.project,
         version=inputs.version,
         created=inputs.created,

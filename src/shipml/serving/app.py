@@ -329,10 +329,22 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
 
     slot = ModelSlot(project.store, serving.max_batch_rows, serving.reload_interval_s, on_swap)
 
+    drift_watch = None
+    if predlog is not None:
+        from shipml.serving.drift_watch import DriftWatch
+
+        drift_watch = DriftWatch(
+            project, metrics, lambda: None if slot.current is None else slot.current.version
+        )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         slot.start()
+        if drift_watch is not None:
+            drift_watch.start()
         yield
+        if drift_watch is not None:
+            drift_watch.stop()
         slot.stop()
         if predlog is not None:
             predlog.close()
@@ -348,6 +360,7 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
     )
     app.state.slot = slot
     app.state.metrics = metrics
+    app.state.drift_watch = drift_watch
     token = _token(config)
     max_body = serving.max_body_bytes
 

@@ -69,6 +69,42 @@ class ServingMetrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        # Drift of the latest logged predictions, recomputed in the background (one process
+        # of several holds the job; "livemostrecent" shows its latest values).
+        drift_gauge: dict[str, Any] = {
+            "registry": self.registry,
+            "multiprocess_mode": "livemostrecent",
+        }
+        self.drift_score = Gauge(
+            "shipml_drift_score",
+            "Drift score of a column over the latest predictions (p-value or distance: see method)",
+            ["model_version", "column", "method"],
+            **drift_gauge,
+        )
+        self.drift_detected = Gauge(
+            "shipml_drift_detected",
+            "1 when the column drifted from the served version's training data",
+            ["model_version", "column"],
+            **drift_gauge,
+        )
+        self.dataset_drift = Gauge(
+            "shipml_dataset_drift",
+            "1 when at least monitoring.drift_share of the columns drifted",
+            ["model_version"],
+            **drift_gauge,
+        )
+        self.drift_share = Gauge(
+            "shipml_drift_share",
+            "Share of the tested columns that drifted",
+            ["model_version"],
+            **drift_gauge,
+        )
+        self.drift_window_rows = Gauge(
+            "shipml_drift_window_rows",
+            "Logged predictions the drift gauges were computed on",
+            ["model_version"],
+            **drift_gauge,
+        )
         self._children: dict[str, tuple[Any, Any, Any]] = {}
         for kind in ERROR_KINDS:
             self.errors.labels(kind=kind)  # every kind shows, at 0, from the start
@@ -91,6 +127,15 @@ class ServingMetrics:
 
     def retired(self, version: str, family: str, inference: str) -> None:
         self.model_info.labels(model_version=version, family=family, inference=inference).set(0)
+
+    def drift(self, version: str, result: Any, rows: int) -> None:
+        """Set the drift gauges from a shipml.monitoring.drift.DriftResult."""
+        for name, column in result.columns.items():
+            self.drift_score.labels(version, name, column.method).set(column.score)
+            self.drift_detected.labels(version, name).set(1 if column.drift else 0)
+        self.dataset_drift.labels(version).set(1 if result.dataset_drift else 0)
+        self.drift_share.labels(version).set(result.share_drifted)
+        self.drift_window_rows.labels(version).set(rows)
 
     def render(self) -> bytes:
         folder = multiprocess_dir()

@@ -152,3 +152,62 @@ def read_feedback(folder: Path) -> Iterator[dict[str, Any]]:
     if not root.is_dir():
         return iter(())
     return _records(sorted(root.glob("*/*.jsonl")))
+
+
+def _lines_backwards(path: Path, block: int = 1 << 16) -> Iterator[bytes]:
+    """Complete lines of a file, last first (a final line cut short by a crash is skipped)."""
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        position = handle.tell()
+        tail = b""
+        first = True
+        while position > 0:
+            step = min(block, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + tail
+            lines = data.split(b"\n")
+            tail = lines[0]
+            complete = lines[1:]
+            if first:  # what follows the last newline is an unfinished record
+                complete = complete[:-1]
+                first = False
+            yield from (line for line in reversed(complete) if line)
+        if tail and not first:
+            yield tail
+
+
+def _prediction_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.glob("*/*.jsonl") if p.parent.name != FEEDBACK]
+
+
+def recent_predictions(
+    folder: Path, rows: int | None = None, since: float | None = None
+) -> list[dict[str, Any]]:
+    """The latest ``rows`` logged predictions (and/or those logged at or after ``since``, a Unix
+    time), oldest first, one record per row. Each file is read from its end, so the cost follows
+    the rows asked for, not the size of the log."""
+    picked: list[dict[str, Any]] = []
+    for path in _prediction_files(folder):
+        taken = 0
+        for line in _lines_backwards(path):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if since is not None and float(record.get("time", 0.0)) < since:
+                break
+            expanded = list(_rows_of(record)) if "rows" in record else [record]
+            picked.extend(expanded)
+            taken += len(expanded)
+            if rows is not None and taken >= rows:
+                break
+    picked.sort(key=lambda r: float(r.get("time", 0.0)))
+    return picked[-rows:] if rows is not None else picked
+
+
+def latest_labels(folder: Path) -> dict[str, Any]:
+    """request id -> the last label sent to /feedback for it."""
+    return {str(r["request_id"]): r.get("label") for r in read_feedback(folder)}

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from shipml import registry
@@ -32,6 +33,7 @@ from shipml.evaluation.metrics import (
 )
 from shipml.models.bagged import BaggedEnsemble
 from shipml.models.catalog import families_for, resolve_grid, resolve_params
+from shipml.monitoring.profile import PROFILE_ARTIFACT, Profile, reference_profile
 from shipml.project import report_file
 from shipml.training.final import (
     build_final_model,
@@ -231,6 +233,19 @@ def _fast_copy(
     return "fast", note, sha
 
 
+def _reference_profile(schema: Schema, prepared: PreparedData, scored: ScoredModel) -> Profile:
+    """What monitoring compares live data with: the training split's columns and target, and
+    the model's predictions (and their confidence) on the held-out split."""
+    predictions = scored.predict(prepared.X_test)
+    confidence = None
+    if schema.task == "classification":
+        proba = scored.predict_proba(prepared.X_test)
+        position = {label: i for i, label in enumerate(scored.classes_)}
+        columns = np.fromiter((position[p] for p in predictions), dtype=np.int64)
+        confidence = proba[np.arange(len(columns)), columns]
+    return reference_profile(prepared.X_train, prepared.y_train, schema, predictions, confidence)
+
+
 def _no_model_error(leaderboard: Leaderboard) -> TrainingError:
     reasons: dict[str, list[str]] = {}
     for r in leaderboard.results:
@@ -425,6 +440,8 @@ def train(
         test_metrics, extras = _test_metrics(schema, scored, prepared.X_test, prepared.y_test)
         _log_evaluation(recorder, test_metrics, extras, scored, prepared.X_test, prepared.y_test)
         recorder.log_metrics({f"best_{k}": v for k, v in best.summary().items()})
+        emit("stage", name="Profiling the reference data for monitoring")
+        recorder.log_text(_reference_profile(schema, prepared, scored).to_json(), PROFILE_ARTIFACT)
 
         emit("stage", name="Checking the fast inference path")
         inference, inference_note, fast_sha = _fast_copy(model, schema, prepared.X_test, recorder)

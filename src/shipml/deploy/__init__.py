@@ -1,0 +1,1 @@
+"""Deployment artefacts for a served model: monitoring dashboards and their provisioning."""
