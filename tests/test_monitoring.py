@@ -280,3 +280,41 @@ def test_reading_chunks_keeps_memory_bounded(tmp_path: Path) -> None:
         empty = tmp_path / "e.parquet"
         _table(10, 0.0, 1).iloc[:0].to_parquet(empty)
         list(sources.iter_table_file(empty))
+
+
+def test_monitoring_config_becomes_drift_settings_and_bad_keys_are_named(tmp_path: Path) -> None:
+    from shipml.config import MonitoringConfig
+    from shipml.errors import ConfigError
+
+    settings = DriftSettings.from_config(
+        MonitoringConfig(
+            drift_threshold=0.2,
+            p_value=0.01,
+            drift_share=0.3,
+            columns={"age": {"method": "psi", "threshold": 0.25}, "plan": {"threshold": 0.3}},
+        )
+    )
+    assert (settings.distance_threshold, settings.p_value, settings.drift_share) == (0.2, 0.01, 0.3)
+    assert settings.columns == {
+        "age": {"method": "psi", "threshold": 0.25},
+        "plan": {"threshold": 0.3},
+    }
+    from shipml.config import load_config
+
+    config = tmp_path / "shipml.yaml"
+    config.write_text(
+        "name: x\ndata: {path: d.csv}\ntarget: y\n"
+        "monitoring: {columns: {age: {method: kolmogorov}}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"monitoring\.columns\.age\.method"):
+        load_config(config)
+
+
+def test_window_and_since_are_for_the_log_and_exclusive(tmp_path: Path) -> None:
+    os.chdir(tmp_path)
+    both = run_cli("monitor", "--from-log", "--window", "5", "--since", "2026-01-01")
+    assert both.exit_code == 2 and "not both" in both.all
+    stray = run_cli("monitor", "--current", "x.csv", "--window", "5")
+    assert stray.exit_code == 2 and "add --from-log" in stray.all
+    bad_time = run_cli("monitor", "--from-log", "--since", "yesterday")
+    assert bad_time.exit_code == 2 and "not an ISO date" in bad_time.all

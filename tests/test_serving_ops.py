@@ -29,6 +29,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         raw["training"]["params"] = {"random_forest": {"n_estimators": 30}}
         raw["training"]["ensemble"] = False
         raw["serving"] = {"max_batch_rows": 100}
+        raw["monitoring"] = {"window": 50, "interval_s": 0.5}
 
     config = make_project(folder, _customers(), "churned", edit)
     assert run_cli("train", "-c", config).exit_code == 0
@@ -76,6 +77,19 @@ def test_prometheus_scrapes_the_counts_of_two_workers(tmp_path: Path, project: P
             folder = project.parent / ".shipml" / "serving" / "metrics"
             pids = {p.stem.split("_")[-1] for p in folder.glob("counter_*.db")}
             assert len(pids) == 2, sorted(pids)
+            # The drift gauges: one worker computes them (the other finds the lock taken), so
+            # Prometheus sees one value per series, over the latest 50 logged rows.
+            deadline = time.monotonic() + 30
+            window: list = []
+            while time.monotonic() < deadline and not window:
+                window = prometheus.query('shipml_drift_window_rows{model_version="1"}')
+                time.sleep(0.5)
+            assert [float(w["value"][1]) for w in window] == [50.0], window
+            scores = prometheus.query('shipml_drift_score{model_version="1"}')
+            assert {s["metric"]["column"] for s in scores} >= {"age", "plan", "income"}
+            assert len(scores) == len({s["metric"]["column"] for s in scores})
+            drift_writers = {p.stem for p in folder.glob("gauge_livemostrecent_*.db")}
+            assert len(drift_writers) == 1, drift_writers
         finally:
             prometheus.close()
 

@@ -463,22 +463,29 @@ def monitor(
 
     if (current is None) == (not from_log):
         raise typer.BadParameter("give exactly one of --current FILE or --from-log")
+    if window is not None and since is not None:
+        raise typer.BadParameter("give --window N or --since TIME, not both")
+    if (window is not None or since is not None) and not from_log:
+        raise typer.BadParameter("--window and --since choose rows of the log: add --from-log")
     if engine not in ("shipml", "evidently"):
         raise typer.BadParameter("use shipml or evidently", param_hint="--engine")
     if engine == "evidently" and report is None:
         raise typer.BadParameter("--engine evidently writes a report: give --report FILE.html")
+    since_time = _since(since)
     project = None if reference is not None and not config.exists() else _project(config)
-    result, saved = run_monitor(
-        project,
-        current=current,
-        reference=reference,
-        window=window,
-        since=_since(since),
-        ref=_ref(alias, version),
-        report=report,
-        json_out=json_out,
-        engine=engine,
-    )
+    with console.status("Checking drift…") as status:
+        result, saved = run_monitor(
+            project,
+            current=current,
+            reference=reference,
+            window=window,
+            since=since_time,
+            ref=_ref(alias, version),
+            report=report,
+            json_out=json_out,
+            engine=engine,
+            progress=lambda text: status.update(f"Checking drift: {text}"),
+        )
     monitor_summary(result)
     for label, path in saved.items():
         console.print(f"  {label}: {path}")

@@ -5,7 +5,7 @@ reference profile (or of one file against another), as `shipml monitor` and
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from shipml import registry
-from shipml.data.coerce import as_category_strings
 from shipml.data.sources import iter_table_file
 from shipml.errors import DataError, RegistryError, ShipmlError
 from shipml.monitoring.drift import DriftResult, DriftSettings, compare
+from shipml.monitoring.performance import Performance, log_performance, performance, strings
 from shipml.monitoring.profile import (
     PROFILE_ARTIFACT,
     Finding,
@@ -32,32 +32,6 @@ from shipml.monitoring.summary import NumericSummary
 if TYPE_CHECKING:
     from shipml.project import Project
     from shipml.scoring import Model
-
-
-@dataclass
-class Performance:
-    """Live metrics on labelled rows against the serving version's test-time metrics."""
-
-    metric: str
-    live: float | None
-    reference: float | None
-    tolerance: float
-    degraded: bool
-    n_labelled: int
-    live_metrics: dict[str, float] = field(default_factory=dict)
-    reference_metrics: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "live": self.live,
-            "reference": self.reference,
-            "tolerance": self.tolerance,
-            "degraded": self.degraded,
-            "n_labelled": self.n_labelled,
-            "live_metrics": self.live_metrics,
-            "reference_metrics": self.reference_metrics,
-        }
 
 
 @dataclass
@@ -111,60 +85,6 @@ def load_profile(project: Project, ref: str | int = "champion") -> tuple[int, Pr
     return version, Profile.read(path)
 
 
-# --- performance ------------------------------------------------------------------------------
-
-
-def performance(
-    metric: str,
-    task: str,
-    y: list[Any] | np.ndarray,
-    predictions: list[Any] | np.ndarray,
-    proba: np.ndarray | None,
-    classes: list[str] | None,
-    reference: dict[str, float],
-    tolerance: float,
-) -> Performance:
-    """Metrics on labelled rows; degraded when the configured metric is worse than at test time
-    by more than ``tolerance`` of its test-time value."""
-    from shipml.evaluation.metrics import (
-        classification_metrics,
-        metric_spec,
-        regression_metrics,
-    )
-
-    if task == "regression":
-        live_metrics = regression_metrics(
-            np.asarray(y, dtype="float64"), np.asarray(predictions, dtype="float64")
-        )
-    else:
-        live_metrics = classification_metrics(
-            np.asarray(y, dtype=object), np.asarray(predictions, dtype=object), proba, classes or []
-        )
-    live = live_metrics.get(metric)
-    ref_value = reference.get(metric)
-    degraded = False
-    if live is not None and ref_value is not None and math.isfinite(live):
-        allowed = tolerance * abs(ref_value)
-        if metric_spec(metric).greater_is_better:
-            degraded = live < ref_value - allowed
-        else:
-            degraded = live > ref_value + allowed
-    return Performance(
-        metric=metric,
-        live=live,
-        reference=ref_value,
-        tolerance=tolerance,
-        degraded=degraded,
-        n_labelled=len(y),
-        live_metrics=live_metrics,
-        reference_metrics=dict(reference),
-    )
-
-
-def _strings(values: Any) -> list[str]:
-    return list(as_category_strings(pd.Series(list(values), dtype=object)))
-
-
 # --- current data from a file -----------------------------------------------------------------
 
 
@@ -173,7 +93,7 @@ class _Scorer:
 
     def __init__(self, model: Model, target: str, task: str) -> None:
         self.model, self.target, self.task = model, target, task
-        self.classes = None if model.classes is None else _strings(model.classes)
+        self.classes = None if model.classes is None else strings(model.classes)
         self.predictions: list[Any] = []
         self.confidence: list[float] = []
         self.labels: list[Any] = []
@@ -209,17 +129,26 @@ class _Scorer:
                 self.labelled_proba.append(proba[has_label])
 
 
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
 def _profile_file(
     path: Path,
     reference: Profile,
     ignored: set[str],
     scorer: _Scorer | None,
     target: str | None,
+    progress: Progress = _quiet,
 ) -> Profile:
     builder = ProfileBuilder(reference.kinds)
     target_values: list[Any] = []
     for chunk in iter_table_file(path):
         builder.add(chunk)
+        progress(f"{builder.rows:,} rows of {path.name} read")
         if scorer is not None:
             scorer.add(chunk)
         if target and target in chunk.columns:
@@ -240,16 +169,19 @@ def _profile_file(
     return current
 
 
-def monitor_files(reference: Path, current: Path, settings: DriftSettings) -> MonitorResult:
+def monitor_files(
+    reference: Path, current: Path, settings: DriftSettings, progress: Progress = _quiet
+) -> MonitorResult:
     """Drift of one file against another (no project needed)."""
     first = next(iter(iter_table_file(reference, chunk_rows=10_000)))
     kinds = infer_kinds(first)
     builder = ProfileBuilder(kinds)
     for chunk in iter_table_file(reference):
         builder.add(chunk)
+        progress(f"{builder.rows:,} rows of {reference.name} read")
     ref_profile = builder.build()
     ref_profile.findings = []
-    cur_profile = _profile_file(current, ref_profile, set(), None, None)
+    cur_profile = _profile_file(current, ref_profile, set(), None, None, progress)
     return MonitorResult(
         drift=compare(ref_profile, cur_profile, settings),
         source=str(current),
@@ -260,7 +192,11 @@ def monitor_files(reference: Path, current: Path, settings: DriftSettings) -> Mo
 
 
 def monitor_file(
-    project: Project, current: Path, ref: str | int, settings: DriftSettings
+    project: Project,
+    current: Path,
+    ref: str | int,
+    settings: DriftSettings,
+    progress: Progress = _quiet,
 ) -> MonitorResult:
     """Drift (features, predictions, target) and, with labels, performance of a file."""
     from shipml.scoring import Model
@@ -269,7 +205,9 @@ def monitor_file(
     model = Model(registry.load(project.store, version))
     schema = model.schema
     scorer = _Scorer(model, schema.target, schema.task)
-    cur_profile = _profile_file(current, profile, schema.known_columns, scorer, schema.target)
+    cur_profile = _profile_file(
+        current, profile, schema.known_columns, scorer, schema.target, progress
+    )
     result = MonitorResult(
         drift=compare(profile, cur_profile, settings),
         source=str(current),
@@ -283,8 +221,8 @@ def monitor_file(
         result.performance = performance(
             _metric(project, version),
             schema.task,
-            _strings(scorer.labels) if schema.task == "classification" else scorer.labels,
-            _strings(scorer.labelled_predictions)
+            strings(scorer.labels) if schema.task == "classification" else scorer.labels,
+            strings(scorer.labelled_predictions)
             if schema.task == "classification"
             else scorer.labelled_predictions,
             proba,
@@ -329,37 +267,6 @@ def log_profile(rows: list[dict[str, Any]], reference: Profile, labels: dict[str
     if labelled:
         current.target = summarize(labelled, kind)
     return current
-
-
-def log_performance(
-    rows: list[dict[str, Any]],
-    labels: dict[str, Any],
-    task: str,
-    metric: str,
-    reference: dict[str, float],
-    tolerance: float,
-) -> Performance | None:
-    labelled = [r for r in rows if r.get("request_id") in labels]
-    if not labelled:
-        return None
-    y = [labels[r["request_id"]] for r in labelled]
-    predictions = [r.get("prediction") for r in labelled]
-    if task == "regression":
-        return performance(metric, task, y, predictions, None, None, reference, tolerance)
-    classes = sorted({k for r in labelled for k in (r.get("probabilities") or {})})
-    proba = None
-    if classes and all(r.get("probabilities") for r in labelled):
-        proba = np.array([[r["probabilities"].get(c, 0.0) for c in classes] for r in labelled])
-    return performance(
-        metric,
-        task,
-        _strings(y),
-        _strings(predictions),
-        proba,
-        classes or None,
-        reference,
-        tolerance,
-    )
 
 
 def monitor_log(
@@ -421,6 +328,7 @@ def run_monitor(
     report: Path | None = None,
     json_out: Path | None = None,
     engine: str = "shipml",
+    progress: Progress = _quiet,
 ) -> tuple[MonitorResult, dict[str, Path]]:
     """`shipml monitor`: check, then save the JSON result (always, inside a project) and the
     HTML report; returns the result and what was written where."""
@@ -431,11 +339,11 @@ def run_monitor(
                 "--reference compares two files: give --current FILE as well",
                 "or leave out --reference to use the model's reference profile",
             )
-        result = monitor_files(reference, current, settings)
+        result = monitor_files(reference, current, settings, progress)
     elif project is None:
         raise DataError("no project", "give -c shipml.yaml, or --reference FILE")
     elif current is not None:
-        result = monitor_file(project, current, ref, settings)
+        result = monitor_file(project, current, ref, settings, progress)
     else:
         result = monitor_log(project, ref, settings, window, since)
     saved: dict[str, Path] = {}
@@ -447,6 +355,7 @@ def run_monitor(
     if json_out is not None:
         saved["json"] = result.write_json(json_out)
     if report is not None:
+        progress(f"writing {report.name}")
         name = project.config.name if project else (current.stem if current else "drift")
         if engine == "evidently":
             from shipml.monitoring.evidently_engine import write_evidently_report
