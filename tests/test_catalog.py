@@ -22,6 +22,7 @@ def test_auto_is_baselines_first_then_stronger_families(task: str) -> None:
         "hist_gradient_boosting",
         "random_forest",
         "extra_trees",
+        "mlp",
     ]
     check = is_classifier if task == "classification" else is_regressor
     assert all(check(f.build(0)) for f in families)
@@ -38,6 +39,9 @@ def test_defaults_are_a_point_of_each_search_space(task: str) -> None:
         for config in family.portfolio:
             assert family.space(optuna.trial.FixedTrial(config)) == config
         params = family.build(0).get_params()
+        if family.name == "mlp":  # width and depth become the layer sizes, halving
+            assert params["hidden_layer_sizes"] == (128, 64)
+            params.update(width=128, depth=2)
         assert all(params[k] == v for k, v in family.defaults.items()), family.name
 
 

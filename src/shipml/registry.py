@@ -169,6 +169,16 @@ class RunRecorder:
         for i in range(0, len(items), 500):
             self.store.client.log_batch(run_id or self.run_id, metrics=items[i : i + 500])
 
+    def log_series(self, series: dict[str, list[tuple[int, float]]]) -> None:
+        """Step metrics (key -> [(step, value), ...]), e.g. a network's loss per epoch, in as
+        few batches as MLflow allows."""
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step) for k, points in series.items() for step, v in points
+        ]
+        for i in range(0, len(items), 1000):
+            self.store.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
     def set_tags(self, tags: dict[str, str], run_id: str | None = None) -> None:
         self.store.client.log_batch(
             run_id or self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]

@@ -57,6 +57,14 @@ class Family:
     # Whether a log-transformed target may be used (not for the mean baseline: it would
     # predict the geometric mean).
     target_transform: bool = True
+    # The shipml extra the family needs ("deep": PyTorch); without it, `models: auto` leaves
+    # the family out and naming it is a config error.
+    optional: str | None = None
+    auto: bool = True  # part of `models: auto`
+
+    @property
+    def available(self) -> bool:
+        return self.optional is None or deep_available()
 
     def build(self, seed: int, params: Params | None = None) -> BaseEstimator:
         """The estimator for ``params`` over the defaults. ``target_transform: log`` (set by the
@@ -180,6 +188,63 @@ def _hgb_space(trial: optuna.Trial) -> Params:
     }
 
 
+def deep_available() -> bool:
+    """Whether PyTorch is installed (`pip install shipml[deep]`): the `mlp` family needs it."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def _hidden(width: int, depth: int) -> tuple[int, ...]:
+    """A funnel: ``depth`` layers, halving from ``width`` (at least 16 units)."""
+    return tuple(max(width // 2**i, 16) for i in range(depth))
+
+
+def _mlp(task: str) -> Callable[[Params, int], BaseEstimator]:
+    def make(params: Params, seed: int) -> BaseEstimator:
+        from shipml.models.torch_mlp import TorchMLPClassifier, TorchMLPRegressor
+
+        params = dict(params)
+        width, depth = params.pop("width", None), params.pop("depth", None)
+        if width is not None or depth is not None:
+            params["hidden_layer_sizes"] = _hidden(int(width or 128), int(depth or 2))
+        cls = TorchMLPClassifier if task == "classification" else TorchMLPRegressor
+        return cls(**params, random_state=seed)
+
+    return make
+
+
+def _mlp_space(trial: optuna.Trial) -> Params:
+    return {
+        "width": trial.suggest_int("width", 32, 512, log=True),
+        "depth": trial.suggest_int("depth", 1, 3),
+        "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", [64, 128, 256, 512]),
+    }
+
+
+def _keras(task: str) -> Callable[[Params, int], BaseEstimator]:
+    def make(params: Params, seed: int) -> BaseEstimator:
+        from shipml.models.keras_model import KerasClassifier, KerasRegressor
+
+        params = dict(params)
+        width, depth = params.pop("width", None), params.pop("depth", None)
+        if width is not None or depth is not None:
+            params["hidden_layer_sizes"] = _hidden(int(width or 128), int(depth or 2))
+        cls = KerasClassifier if task == "classification" else KerasRegressor
+        return cls(**params, random_state=seed)
+
+    return make
+
+
+def _keras_space(trial: optuna.Trial) -> Params:
+    space = _mlp_space(trial)
+    del space["weight_decay"]
+    return space
+
+
 def _logistic_space(trial: optuna.Trial) -> Params:
     return {"C": trial.suggest_float("C", 1e-3, 100.0, log=True)}
 
@@ -281,6 +346,36 @@ def _stronger(task: str) -> list[Family]:
             bag=False,
             class_weight=True,
         ),
+        Family(
+            "mlp",
+            False,
+            _mlp(task),
+            "PyTorch multilayer perceptron (Adam, early stopping, learning-rate schedule)",
+            {
+                "width": 128,
+                "depth": 2,
+                "dropout": 0.1,
+                "learning_rate": 1e-3,
+                "weight_decay": 1e-4,
+                # Small tables (a few hundred rows per fold) still get several steps an epoch.
+                "batch_size": 128,
+            },
+            _mlp_space,
+            class_weight=task == "classification",
+            optional="deep",
+        ),
+        Family(
+            "keras",
+            False,
+            _keras(task),
+            "Keras 3 network (torch backend): the built-in Dense/Dropout net or the user's "
+            "build_model (training.params.keras.build_model)",
+            {"width": 128, "depth": 2, "dropout": 0.1, "learning_rate": 1e-3, "batch_size": 128},
+            _keras_space,
+            class_weight=task == "classification",
+            optional="deep",
+            auto=False,  # for users who write Keras: named in training.models
+        ),
     ]
 
 
@@ -346,10 +441,23 @@ def families_for(task: str, models: str | list[str], baselines: bool = True) -> 
                 "training.models is empty", f"use 'auto' or some of: {', '.join(catalog)}"
             )
     named = set(catalog) if models == "auto" else set(models)
+    for name in named if models != "auto" else ():
+        if not catalog[name].available:
+            raise ConfigError(
+                f"training.models: '{name}' needs PyTorch, which is not installed",
+                f'pip install "shipml[{catalog[name].optional}]" (install torch==2.13.0 first '
+                "for the CPU build), or remove it from training.models",
+            )
     return [
         f
         for f in catalog.values()
-        if (f.baseline and baselines) or (f.name in named and (not f.baseline or models != "auto"))
+        if (f.baseline and baselines)
+        or (
+            f.name in named
+            and (not f.baseline or models != "auto")
+            and f.available
+            and (f.auto or models != "auto")
+        )
     ]
 
 
@@ -432,7 +540,7 @@ def _param_names(family: Family) -> set[str]:
     }
     if family.class_weight:
         names.add("class_weight")
-    return names
+    return names | set(family.defaults)  # the family's own names too (the MLP's width, depth)
 
 
 def _checked_values(grid: dict[str, Any], where: str) -> None:

@@ -32,7 +32,7 @@ from sklearn.compose import TransformedTargetRegressor
 from sklearn.model_selection import ParameterGrid
 
 from shipml.config import TrainingConfig
-from shipml.errors import ConfigError
+from shipml.errors import ConfigError, ShipmlError
 from shipml.evaluation.metrics import METRICS
 from shipml.models.catalog import TARGET_TRANSFORM, Family, Params
 from shipml.training.ensemble import greedy_ensemble
@@ -145,6 +145,8 @@ class Search:
                     model.fit(fold.X_train, fold.y_train)
                     output = fold_output(model, fold.X_valid, self.task)
                     scores = fold_metrics(fold.y_valid, output, self.folds.classes, self.metrics)
+            except ShipmlError:  # the user's to fix (a Keras build_model file, say): stop
+                raise
             except Exception as err:  # a failing candidate must not end the whole training
                 result.status = "failed"
                 result.reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"

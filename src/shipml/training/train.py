@@ -22,7 +22,7 @@ from shipml.data.schema import Schema
 from shipml.data.sources import fingerprint, load_table, mask_url, read_table_file
 from shipml.data.split import split_table
 from shipml.data.validate import ValidationReport, drop_missing_target, validate_table
-from shipml.errors import TrainingError, ValidationFailed
+from shipml.errors import ConfigError, TrainingError, ValidationFailed
 from shipml.evaluation.metrics import (
     METRICS,
     classification_metrics,
@@ -246,6 +246,57 @@ def _reference_profile(schema: Schema, prepared: PreparedData, scored: ScoredMod
     return reference_profile(prepared.X_train, prepared.y_train, schema, predictions, confidence)
 
 
+def _with_user_files(fixed: dict[str, dict[str, Any]], root: Path) -> dict[str, dict[str, Any]]:
+    """A Keras ``build_model`` file named in training.params, resolved against the project's
+    folder and checked (it exists, imports, defines build_model) before any training starts."""
+    keras = fixed.get("keras", {})
+    if keras.get("build_model"):
+        from shipml.models.keras_backend import ensure_backend, load_user_module
+
+        ensure_backend(keras.get("backend", "torch"))  # before the file imports keras
+        path = Path(keras["build_model"])
+        path = path if path.is_absolute() else (root / path).resolve()
+        module = load_user_module(path)
+        if not callable(getattr(module, "build_model", None)):
+            raise ConfigError(
+                f"training.params.keras.build_model: {path} defines no build_model function",
+                "define build_model(n_features, n_outputs, task) returning a keras.Model",
+            )
+        keras["build_model"] = str(path)
+    return fixed
+
+
+def _log_keras_files(model: BaggedEnsemble, recorder: registry.RunRecorder) -> None:
+    """Each Keras network of the model in its native .keras format, beside the registered
+    model (which holds the same bytes), for users who load them with Keras itself."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name, index, estimator in model.parts:
+            if hasattr(estimator, "save_keras"):
+                member = name.replace("#", "-")
+                path = estimator.save_keras(Path(folder) / f"{member}-{index}.keras")
+                recorder.log_file(path, "keras")
+
+
+def epoch_series(model: BaggedEnsemble) -> dict[str, list[tuple[int, float]]]:
+    """Per-epoch curves of the neural networks in the model (their ``history_``), as MLflow step
+    metrics: '<member>/<fold>/train_loss', '.../val_loss', '.../val_score', '.../learning_rate'
+    (a trial's member 'mlp#2' is written 'mlp-2')."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for name, index, estimator in model.parts:
+        fitted = getattr(estimator, "regressor_", estimator)  # inside a log-target wrapper
+        for epoch in getattr(fitted, "history_", None) or []:
+            for key in ("train_loss", "val_loss", "val_score", "learning_rate"):
+                value = epoch.get(key)
+                if value is not None:
+                    member = name.replace("#", "-")  # MLflow metric names: no '#'
+                    series.setdefault(f"{member}/{index}/{key}", []).append(
+                        (int(epoch["epoch"]), float(value))
+                    )
+    return series
+
+
 def _no_model_error(leaderboard: Leaderboard) -> TrainingError:
     reasons: dict[str, list[str]] = {}
     for r in leaderboard.results:
@@ -347,7 +398,9 @@ def train(
         target_transform, transform_reason = target_transform_policy(
             config.training.target_transform, prepared.y_train, schema.task
         )
-        fixed = resolve_params(schema.task, families, config.training.params)
+        fixed = _with_user_files(
+            resolve_params(schema.task, families, config.training.params), root
+        )
         grid = None
         if config.training.search == "grid":
             grid = resolve_grid(schema.task, families, config.training.param_grid)
@@ -432,6 +485,8 @@ def train(
             seed,
             threshold,
         )
+        recorder.log_series(epoch_series(model))
+        _log_keras_files(model, recorder)
         emit("stage", name="Scoring the test split")
         scoring_started = time.monotonic()
         # One prediction pass over the test rows serves the metrics, the plots and the report.
