@@ -29,12 +29,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ImagesConfig(_Strict):
+    """How an image folder becomes rows: every image at ``size`` (height, width) with
+    ``channels`` (1 or 3); images of another size are resized, or refused (on_mismatch: error)."""
+
+    size: tuple[int, int] | None = None  # default: the most common size in the folder
+    channels: Literal[1, 3] | None = None  # default: 1 when every image is grayscale, else 3
+    on_mismatch: Literal["resize", "error"] = "resize"
+
+
 class DataConfig(_Strict):
-    """Where the training table comes from: a file (CSV/Parquet) or a SQL query."""
+    """Where the training table comes from: a file (CSV/Parquet), an image folder (one
+    sub-folder per class) or an .npz of images, or a SQL query."""
 
     path: str | None = None
     url: str | None = None
     query: str | None = None
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

@@ -42,9 +42,11 @@ def _name_from(source: str) -> str:
 
 
 def _role_block(schema: Schema, role: str, key: str, blurb: str) -> list[str]:
-    cols = [c for c in schema.columns.values() if c.role == role]
+    # An image's pixel columns (and its file column) take their roles from the image itself.
+    listed = [c for c in schema.columns.values() if c.note != "set in image"]
+    cols = [c for c in listed if c.role == role]
     if role == "excluded":
-        cols += [c for c in schema.columns.values() if c.role == "identifier"]
+        cols += [c for c in listed if c.role == "identifier"]
     if not cols:
         return [f"  {key}: []{' ' * max(1, 22 - len(key))}# {blurb}"]
     lines = [f"  {key}:{' ' * max(1, 24 - len(key))}# {blurb}"]
@@ -65,7 +67,14 @@ def render_config(
         if schema.task == "classification"
         else "numeric with many values"
     )
-    if data.path:
+    if data.path and schema.image:
+        h, w, c = (schema.image[k] for k in ("height", "width", "channels"))
+        data_lines = [
+            f"  path: {_q(data.path)}  # images, relative to this file",
+            f"  images: {{size: [{h}, {w}], channels: {c}, on_mismatch: resize}}"
+            "  # every image as this many pixel columns; other sizes resized (or: error)",
+        ]
+    elif data.path:
         data_lines = [f"  path: {_q(data.path)}  # CSV or Parquet, relative to this file"]
     else:
         data_lines = [f"  url: {_q(data.url or '')}", f"  query: {_q(data.query or '')}"]
@@ -147,7 +156,7 @@ def init_project(
         rel = os.path.relpath(path, out.parent.resolve())
         source = DataConfig(path=Path(rel).as_posix())
         label = Path(data).name
-    df = load_table(source, out.parent.resolve())
+    df = load_table(source, out.parent.resolve(), target)
     chosen_task: Task | None = "regression" if task == "regression" else None
     if task == "classification":
         chosen_task = "classification"

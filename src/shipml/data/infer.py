@@ -22,6 +22,7 @@ from shipml.data.coerce import (
     show_value,
     target_classes,
 )
+from shipml.data.images import FILE_COLUMN, ImageSpec
 from shipml.data.schema import ColumnInfo, Role, Schema, Task
 from shipml.errors import DataError, InputSchemaError
 
@@ -268,6 +269,12 @@ def infer_schema(
         )
     features = features or FeaturesConfig()
     pinned = _pinned_roles(df, target, features)
+    image = df.attrs.get("image")
+    if image:  # pixels are numbers, however few values they take; the file name is an id
+        pixels = ImageSpec.from_dict(image).columns
+        pinned = {**{c: ("numeric", "image") for c in pixels}, **pinned}
+        if FILE_COLUMN in df.columns:
+            pinned.setdefault(FILE_COLUMN, ("identifier", "image"))
     columns: dict[str, ColumnInfo] = {}
     for name in df.columns:
         if name == target:
@@ -277,5 +284,10 @@ def infer_schema(
     task = task or infer_task(y)
     classes = target_classes(coerce_target(y, task)) if task == "classification" else None
     return Schema(
-        target=target, task=task, columns=columns, classes=classes, derived=dict(features.derived)
+        target=target,
+        task=task,
+        columns=columns,
+        classes=classes,
+        derived=dict(features.derived),
+        image=dict(image) if image else None,
     )

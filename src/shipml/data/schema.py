@@ -39,6 +39,7 @@ class Schema:
     columns: dict[str, ColumnInfo]
     classes: list[Any] | None = None
     derived: dict[str, str] = field(default_factory=dict)
+    image: dict[str, Any] | None = None  # shipml.data.images.ImageSpec of an image data set
 
     def columns_with(self, role: str) -> list[str]:
         return [c.name for c in self.columns.values() if c.role == role]
@@ -59,6 +60,7 @@ class Schema:
             "task": self.task,
             "classes": self.classes,
             "derived": dict(self.derived),
+            "image": self.image,
             "columns": [asdict(c) for c in self.columns.values()],
         }
 
@@ -71,4 +73,5 @@ class Schema:
             columns=columns,
             classes=data.get("classes"),
             derived=dict(data.get("derived") or {}),
+            image=data.get("image"),
         )

@@ -353,12 +353,26 @@ def _read_sql(url: str, query: str, base_dir: Path) -> pd.DataFrame:
     return _clean_columns(df, f"data.query on {shown}")
 
 
-def load_table(source: DataConfig, base_dir: Path) -> pd.DataFrame:
-    """Load the training table from a file (relative to base_dir) or a SQL query."""
+def load_table(source: DataConfig, base_dir: Path, target: str = "label") -> pd.DataFrame:
+    """Load the training table from a file (relative to base_dir), an image folder or .npz
+    (one row per image: pixel columns and ``target``; the ImageSpec in ``df.attrs["image"]``),
+    or a SQL query."""
     if source.path:
         path = Path(source.path).expanduser()
         if not path.is_absolute():
             path = Path(base_dir) / path
+        from shipml.data import images
+
+        if images.is_image_source(path):
+            if path.suffix.lower() == ".npz":
+                df, spec = images.read_npz(path, target)
+            else:
+                settings = source.images
+                df, spec = images.read_image_folder(
+                    path, target, settings.size, settings.channels, settings.on_mismatch
+                )
+            df.attrs["image"] = spec.to_dict()
+            return df
         return read_table_file(path)
     if not source.url or not source.query:
         raise DataSourceError(

@@ -92,7 +92,7 @@ class TrainResult:
 def load_training_table(config: ProjectConfig, root: Path, data: str | Path | None) -> pd.DataFrame:
     if data is not None:
         return read_table_file(Path(data))
-    return load_table(config.data, root)
+    return load_table(config.data, root, config.target)
 
 
 def _git_info(root: Path) -> dict[str, str]:

@@ -1,0 +1,76 @@
+"""Image data sets in the same loop: `shipml init` on an image folder or an .npz, training on
+their pixels, clear errors for bad folders. scikit-learn's bundled digits, written as PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from shipml import Project
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _digits_folder(root: Path, per_class: int = 40) -> Path:
+    digits = load_digits()
+    counts: dict[int, int] = {}
+    for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        if counts.get(label, 0) >= per_class:
+            continue
+        counts[label] = counts.get(label, 0) + 1
+        folder = root / "digits" / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 255 / 16).astype(np.uint8)).save(folder / f"{i:04d}.png")
+    return root / "digits"
+
+
+def _quick(config: Path, models: list[str]) -> None:
+    raw = yaml.safe_load(config.read_text())
+    raw["training"].update(models=models, cv=3, time_budget_s=60, trials=0, ensemble=False)
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def test_an_image_folder_is_initialised_and_trained(tmp_path: Path) -> None:
+    folder = _digits_folder(tmp_path)
+    config = tmp_path / "shipml.yaml"
+    result = run_cli("init", folder, "--target", "digit", "--out", config)
+    assert result.exit_code == 0, result.all
+    raw = yaml.safe_load(config.read_text())
+    assert raw["data"]["images"] == {"size": [8, 8], "channels": 1, "on_mismatch": "resize"}
+    assert raw["features"]["numeric"] == []  # the 64 pixel columns come from the image itself
+    _quick(config, ["lightgbm"])
+    trained = run_cli("train", "-c", config)
+    assert trained.exit_code == 0, trained.all
+    model = Project.load(config).load_model("champion")
+    assert model.schema.image == {"height": 8, "width": 8, "channels": 1, "resize": True}
+    assert model.test_metrics["f1_macro"] > 0.8
+    assert "file" not in model.schema.input_columns
+
+
+def test_an_npz_is_initialised(tmp_path: Path) -> None:
+    digits = load_digits()
+    path = tmp_path / "digits.npz"
+    np.savez(path, X=digits.images[:300], digit=digits.target[:300])
+    config = tmp_path / "shipml.yaml"
+    result = run_cli("init", path, "--target", "digit", "--out", config)
+    assert result.exit_code == 0, result.all
+    assert "300 rows" in config.read_text()
+    missing = run_cli("init", path, "--target", "label", "--out", tmp_path / "x.yaml")
+    assert missing.exit_code == 2 and "label" in missing.stderr
+
+
+def test_bad_image_folders_are_clear_errors(tmp_path: Path) -> None:
+    folder = _digits_folder(tmp_path, per_class=3)
+    (folder / "10").mkdir()  # an empty class folder
+    result = run_cli("init", folder, "--target", "digit", "--out", tmp_path / "a.yaml")
+    assert result.exit_code == 2 and "10" in result.stderr and "Traceback" not in result.all
+    (folder / "10").rmdir()
+    (folder / "3" / "broken.png").write_bytes(b"not a png at all")
+    result = run_cli("init", folder, "--target", "digit", "--out", tmp_path / "b.yaml")
+    assert result.exit_code == 2 and "broken.png" in result.stderr
