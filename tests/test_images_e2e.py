@@ -74,3 +74,34 @@ def test_bad_image_folders_are_clear_errors(tmp_path: Path) -> None:
     (folder / "3" / "broken.png").write_bytes(b"not a png at all")
     result = run_cli("init", folder, "--target", "digit", "--out", tmp_path / "b.yaml")
     assert result.exit_code == 2 and "broken.png" in result.stderr
+
+
+def test_the_cnn_trains_on_an_image_folder(tmp_path: Path) -> None:
+    folder = _digits_folder(tmp_path, per_class=60)
+    config = tmp_path / "shipml.yaml"
+    assert run_cli("init", folder, "--target", "digit", "--out", config).exit_code == 0
+    _quick(config, ["cnn"])
+    raw = yaml.safe_load(config.read_text())
+    raw["training"]["baselines"] = False
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    trained = run_cli("train", "-c", config)
+    assert trained.exit_code == 0, trained.all
+    project = Project.load(config)
+    [version] = project.models()
+    assert version.family == "cnn"
+    model = project.load_model("champion")
+    network = model.pipeline.parts[0][2]
+    assert tuple(network.image_shape) == (8, 8, 1)
+    assert model.test_metrics["f1_macro"] > 0.85
+    keys = project.store.client.get_run(version.run_id).data.metrics
+    assert any(k.startswith("cnn/") and k.endswith("/val_loss") for k in keys)
+
+
+def test_the_cnn_needs_image_data() -> None:
+    from shipml.errors import ConfigError
+    from shipml.models.catalog import families_for
+
+    with pytest.raises(ConfigError, match="for image data sets"):
+        families_for("classification", ["cnn"])
+    assert "cnn" not in [f.name for f in families_for("classification", "auto")]
+    assert "cnn" in [f.name for f in families_for("classification", "auto", images=True)]

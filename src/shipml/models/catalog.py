@@ -61,6 +61,7 @@ class Family:
     # the family out and naming it is a config error.
     optional: str | None = None
     auto: bool = True  # part of `models: auto`
+    images_only: bool = False  # needs an image data set (its input shape comes from it)
 
     @property
     def available(self) -> bool:
@@ -225,6 +226,25 @@ def _mlp_space(trial: optuna.Trial) -> Params:
     }
 
 
+def _cnn(params: Params, seed: int) -> BaseEstimator:
+    from shipml.models.torch_cnn import TorchCNNClassifier
+
+    params = dict(params)
+    blocks = params.pop("blocks", None)
+    if blocks is not None:  # conv-pool blocks doubling from 32 channels
+        params["conv_channels"] = tuple(32 * 2**i for i in range(int(blocks)))
+    return TorchCNNClassifier(**params, random_state=seed)
+
+
+def _cnn_space(trial: optuna.Trial) -> Params:
+    return {
+        "blocks": trial.suggest_int("blocks", 1, 3),
+        "dense_units": trial.suggest_categorical("dense_units", [64, 128, 256]),
+        "dropout": trial.suggest_float("dropout", 0.1, 0.6),
+        "learning_rate": trial.suggest_float("learning_rate", 3e-4, 3e-3, log=True),
+    }
+
+
 def _keras(task: str) -> Callable[[Params, int], BaseEstimator]:
     def make(params: Params, seed: int) -> BaseEstimator:
         from shipml.models.keras_model import KerasClassifier, KerasRegressor
@@ -364,6 +384,24 @@ def _stronger(task: str) -> list[Family]:
             class_weight=task == "classification",
             optional="deep",
         ),
+        *(
+            [
+                Family(
+                    "cnn",
+                    False,
+                    _cnn,
+                    "PyTorch convolutional network for images (conv-pool blocks, dropout, "
+                    "light augmentation)",
+                    {"blocks": 2, "dense_units": 128, "dropout": 0.5, "learning_rate": 1e-3},
+                    _cnn_space,
+                    class_weight=True,
+                    optional="deep",
+                    images_only=True,
+                )
+            ]
+            if task == "classification"
+            else []
+        ),
         Family(
             "keras",
             False,
@@ -423,7 +461,9 @@ CATALOG: dict[str, dict[str, Family]] = {
 }
 
 
-def families_for(task: str, models: str | list[str], baselines: bool = True) -> list[Family]:
+def families_for(
+    task: str, models: str | list[str], baselines: bool = True, images: bool = False
+) -> list[Family]:
     """The families to train, in catalog order; ``models`` is 'auto' or names. The baselines
     run too, so every leaderboard shows what a trivial model scores, unless ``baselines`` is
     False (then only the stronger or named families compete: the model is of a family the user
@@ -442,6 +482,11 @@ def families_for(task: str, models: str | list[str], baselines: bool = True) -> 
             )
     named = set(catalog) if models == "auto" else set(models)
     for name in named if models != "auto" else ():
+        if catalog[name].images_only and not images:
+            raise ConfigError(
+                f"training.models: '{name}' is for image data sets",
+                "point data.path at an image folder or an .npz, or remove it from training.models",
+            )
         if not catalog[name].available:
             raise ConfigError(
                 f"training.models: '{name}' needs PyTorch, which is not installed",
@@ -457,6 +502,7 @@ def families_for(task: str, models: str | list[str], baselines: bool = True) -> 
             and (not f.baseline or models != "auto")
             and f.available
             and (f.auto or models != "auto")
+            and (images or not f.images_only)
         )
     ]
 

@@ -347,7 +347,9 @@ def train(
     deadline = started + budget - max(_FIXED_OVERHEAD_S, 0.05 * budget)
     prepared = prepare_data(config, root, data, emit)
     schema, metric = prepared.schema, prepared.metric
-    families = families_for(schema.task, config.training.models, config.training.baselines)
+    families = families_for(
+        schema.task, config.training.models, config.training.baselines, schema.image is not None
+    )
     seed = config.training.seed
 
     store = registry.open_store(root, config.name, config.tracking_uri)
@@ -401,6 +403,9 @@ def train(
         fixed = _with_user_files(
             resolve_params(schema.task, families, config.training.params), root
         )
+        if schema.image and any(f.name == "cnn" for f in families):
+            shape = tuple(schema.image[k] for k in ("height", "width", "channels"))
+            fixed["cnn"] = {**fixed.get("cnn", {}), "image_shape": shape}
         grid = None
         if config.training.search == "grid":
             grid = resolve_grid(schema.task, families, config.training.param_grid)
