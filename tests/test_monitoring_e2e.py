@@ -173,7 +173,7 @@ def test_the_server_log_monitored_and_its_drift_gauges(project: Path, tmp_path: 
     out = tmp_path / "log.json"
     report = tmp_path / "evidently.html"
     result = run_cli(
-        "monitor", "-c", project, "--from-log", "--json", out,
+        "monitor", "-c", project, "--from-log", "--window", str(WINDOW), "--json", out,
         "--engine", "evidently", "--report", report,
     )  # fmt: skip
     assert result.exit_code == 0, result.all
@@ -187,6 +187,11 @@ def test_the_server_log_monitored_and_its_drift_gauges(project: Path, tmp_path: 
     assert "Dataset Drift" in evidently_html and "K-S p_value" in evidently_html
     since = run_cli("monitor", "-c", project, "--from-log", "--since", "2999-01-01")
     assert since.exit_code == 2 and "no logged predictions" in since.stderr
+    everything = run_cli("monitor", "-c", project, "--from-log", "--since", "2000-01-01")
+    assert everything.exit_code == 0, everything.all
+    assert f"{WINDOW} rows since 2000-01-01" in " ".join(everything.output.split())
+    smaller = run_cli("monitor", "-c", project, "--from-log", "--window", "10")
+    assert "10 latest rows" in " ".join(smaller.output.split())
 
 
 def test_export_grafana_writes_the_dashboard(project: Path, tmp_path: Path) -> None:
