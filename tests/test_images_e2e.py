@@ -3,9 +3,11 @@ their pixels, clear errors for bad folders. scikit-learn's bundled digits, writt
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -13,6 +15,7 @@ from sklearn.datasets import load_digits
 
 from shipml import Project
 from tests.conftest import run_cli
+from tests.serving_helpers import Server
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +54,38 @@ def test_an_image_folder_is_initialised_and_trained(tmp_path: Path) -> None:
     assert model.schema.image == {"height": 8, "width": 8, "channels": 1, "resize": True}
     assert model.test_metrics["f1_macro"] > 0.8
     assert "file" not in model.schema.input_columns
+    # `shipml predict` scores a flat folder of new images (and an .npz) into the usual file.
+    digits = load_digits()
+    new = tmp_path / "new"
+    new.mkdir()
+    for i in range(1700, 1720):
+        image = (digits.images[i] * 255 / 16).astype(np.uint8)
+        Image.fromarray(image).save(new / f"{i}-{digits.target[i]}.png")
+    scored_path = tmp_path / "scored.csv"
+    scored = run_cli("predict", new, "--out", scored_path, "-c", config)
+    assert scored.exit_code == 0, scored.all
+    table = pd.read_csv(scored_path)
+    assert list(table.columns[:3]) == ["file", "prediction", "probability"]
+    assert not any(c.startswith("pixel_") for c in table.columns)
+    truth = table["file"].str.extract(r"-(\d)\.png$")[0].astype(int)
+    assert (table["prediction"] == truth).mean() > 0.8
+    np.savez(tmp_path / "new.npz", X=digits.images[1700:1720] * 255 / 16)
+    from_npz = run_cli("predict", tmp_path / "new.npz", "--out", tmp_path / "n.csv", "-c", config)
+    assert from_npz.exit_code == 0, from_npz.all
+    assert list(pd.read_csv(tmp_path / "n.csv")["prediction"]) == list(table["prediction"])
+    # /predict takes a base64 image (or the pixel values as a list), like `shipml predict`.
+    first = sorted(new.iterdir())[0]
+    encoded = base64.b64encode(first.read_bytes()).decode("ascii")
+    pixels = (digits.images[1700] * 255 / 16).astype(np.uint8).astype(float).ravel().tolist()
+    with Server(config) as server:
+        by_image = server.post("/predict", {"image": encoded})
+        assert by_image.status_code == 200, by_image.text
+        assert str(by_image.json()["prediction"]) == str(table["prediction"][0])
+        by_list = server.post("/predict", {"features": pixels}).json()
+        assert by_list["prediction"] == by_image.json()["prediction"]
+        bad = server.post("/predict", {"image": "bm90IGFuIGltYWdl"})
+        assert bad.status_code == 422 and "not an image" in bad.text
+        assert server.get("/openapi.json").status_code == 200
 
 
 def test_an_npz_is_initialised(tmp_path: Path) -> None:

@@ -192,7 +192,13 @@ def _ref(alias: str, version: int | None) -> str | int:
 @app.command()
 @handle_errors
 def predict(
-    input: Annotated[Path, typer.Argument(help="CSV or Parquet file to score.")],
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV or Parquet file to score; for an image model also an image folder, an "
+            "image file or an .npz of X."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .csv or .parquet file.")],
     config: ConfigOpt = Path("shipml.yaml"),
     alias: AliasOpt = "champion",
@@ -204,14 +210,14 @@ def predict(
     """Score a file with a registered model: the input columns plus `prediction`, and for
     classification `probability` and one `proba_<class>` column per class.
 
-    Example: `shipml predict new.csv --out scored.csv`
+    Examples: `shipml predict new.csv --out scored.csv`; for an image model,
+    `shipml predict photos/ --out scored.csv` (one row per image: `file`, `prediction`, ...).
     """
-    from shipml.data.sources import read_table_file
-    from shipml.scoring import write_table
+    from shipml.scoring import score_input, write_table
 
     project = _project(config)
     model = project.load_model(_ref(alias, version))
-    scored = model.score(read_table_file(input), source=str(input), allow_extra=allow_extra)
+    scored = score_input(model, input, allow_extra)
     write_table(scored, out)
     counts = (
         scored["prediction"].value_counts().head(5)

@@ -91,6 +91,21 @@ class Model:
         return out
 
 
+def score_input(model: Model, path: Path, allow_extra: bool = False) -> pd.DataFrame:
+    """Score a CSV/Parquet file, or, for a model trained on images, an image folder (flat or
+    with class sub-folders), one image file or an .npz of `X`: then the output holds the
+    `file` column (not the pixels) plus the predictions."""
+    from shipml.data.images import FILE_COLUMN, ImageSpec, read_images_for_prediction
+    from shipml.data.sources import read_table_file
+
+    image = model.schema.image
+    if image is None or path.suffix.lower() in (".csv", ".parquet", ".pq", ".tsv", ".txt"):
+        return model.score(read_table_file(path), source=str(path), allow_extra=allow_extra)
+    spec = ImageSpec.from_dict(image)
+    scored = model.score(read_images_for_prediction(path, spec), source=str(path), allow_extra=True)
+    return scored.drop(columns=[c for c in spec.columns if c != FILE_COLUMN])
+
+
 @dataclass
 class EvaluationResult:
     """A model version's metrics on a labelled table, beside its test metrics at training time."""

@@ -25,6 +25,7 @@ from pydantic import (
     StrictStr,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from shipml.data.coerce import BOOL_FALSE, BOOL_TRUE
@@ -165,6 +166,26 @@ class RequestModels:
             )
             features: Row = Field(..., description=f"the model's inputs by name, or {listed}")
 
+        self.predict: type[BaseModel] = PredictRequest
+        if schema.image is not None:
+            decode, described = _image_decoder(schema.image)
+
+            class ImagePredictRequest(BaseModel):
+                model_config = ConfigDict(extra="forbid")
+                features: Row | None = Field(  # type: ignore[valid-type]
+                    None, description=f"the pixel values by name, or {listed}"
+                )
+                image: str | None = Field(None, description=described)
+                _decode = model_validator(mode="before")(decode)
+
+                @model_validator(mode="after")
+                def _one_of(self) -> ImagePredictRequest:
+                    if self.features is None:
+                        raise ValueError("give 'features' (pixel values) or 'image' (base64)")
+                    return self
+
+            self.predict = ImagePredictRequest
+
         class BatchRequest(BaseModel):
             model_config = ConfigDict(
                 extra="forbid", json_schema_extra={"examples": [{"instances": [example]}]}
@@ -176,7 +197,6 @@ class RequestModels:
                 description=f"1 to {max_batch_rows} rows, each like /predict's features",
             )
 
-        self.predict = PredictRequest
         self.batch = BatchRequest
 
     def row(self, features: BaseModel) -> list[Any]:
@@ -188,6 +208,34 @@ class RequestModels:
         """Validated rows as one list of values per column, in column order."""
         dicts = [row.__dict__ for row in rows]
         return [[d[f"c{i}"] for d in dicts] for i in range(len(self.columns))]
+
+
+def _image_decoder(image: dict[str, Any]) -> tuple[Any, str]:
+    """For an image model's /predict: a before-validator turning ``{"image": "<base64>"}`` into
+    the pixel features (converted and resized to the training images' spec), and a description."""
+    from shipml.data.images import ImageSpec, decode_image
+    from shipml.errors import ShipmlError
+
+    spec = ImageSpec.from_dict(image)
+
+    def decode(data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("image") is None:
+            return data
+        if data.get("features") is not None:
+            raise ValueError("give 'features' or 'image', not both")
+        if not isinstance(data["image"], str):
+            raise ValueError("'image' must be a base64 string")
+        try:
+            pixels = decode_image(data["image"], spec)
+        except ShipmlError as err:
+            raise ValueError(f"image: {err.message}") from None
+        return {"features": pixels.tolist()}
+
+    described = (
+        f"a base64-encoded image (PNG, JPEG, ...; a data: URL works too), converted to "
+        f"{spec.height}×{spec.width}×{spec.channels} as in training"
+    )
+    return decode, described
 
 
 class FeedbackRequest(BaseModel):
