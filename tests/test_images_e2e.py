@@ -128,6 +128,9 @@ def test_the_cnn_trains_on_an_image_folder(tmp_path: Path) -> None:
     network = model.pipeline.parts[0][2]
     assert tuple(network.image_shape) == (8, 8, 1)
     assert model.test_metrics["f1_macro"] > 0.85
+    report = project.report("champion").read_text()  # the mistakes, as pictures
+    assert "Misclassified examples" in report
+    assert "test images misclassified" in report or "No test image was misclassified" in report
     keys = project.store.client.get_run(version.run_id).data.metrics
     assert any(k.startswith("cnn/") and k.endswith("/val_loss") for k in keys)
 

@@ -71,6 +71,30 @@ def figure_to_data_uri(fig: Figure) -> str:
 # --- classification -------------------------------------------------------------------------------
 
 
+def misclassified_figure(
+    images: np.ndarray, truth: Sequence[Any], predicted: Sequence[Any], limit: int = 24
+) -> Figure:
+    """Up to ``limit`` misclassified test images (n, height, width, channels), each titled
+    'true → predicted'."""
+    n = min(len(images), limit)
+    if n == 0:
+        raise ValueError("no test image was misclassified")
+    cols = min(n, 8)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(1.3 * cols, 1.5 * rows), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    for i in range(n):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        image = images[i]
+        gray = image.shape[-1] == 1
+        shown = image[..., 0] if gray else np.clip(image / 255.0, 0, 1)
+        ax.imshow(shown, cmap="gray_r" if gray else None, interpolation="nearest")
+        ax.set_title(f"{_label(truth[i], 8)} → {_label(predicted[i], 8)}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
 def confusion_matrix_figure(y_true: Any, y_pred: Any, labels: Sequence[Any]) -> Figure:
     """Counts and the share of each true class (row-normalised) in every cell."""
     from sklearn.metrics import confusion_matrix

@@ -248,10 +248,38 @@ def _diagnostics(inputs: ReportInputs) -> list[FigureSection]:
     )
     threshold = _threshold(inputs)
     cut = f"decision threshold {threshold}" if threshold else "the most probable class"
-    return [
+    sections = [
         draw(anchor, title, builders[anchor], caption.format(cut=cut))
         for anchor, title, caption in specs
     ]
+    if classification and inputs.schema.image:
+        sections.append(_misclassified(inputs, y, np.asarray(predicted)))
+    return sections
+
+
+def _misclassified(inputs: ReportInputs, y: np.ndarray, predicted: np.ndarray) -> FigureSection:
+    """The test images the model got wrong, as pictures: where people would rather look."""
+    from shipml.data.images import ImageSpec
+
+    spec = ImageSpec.from_dict(inputs.schema.image or {})
+    wrong = np.flatnonzero(y.astype(str) != predicted.astype(str))
+    if len(wrong) == 0:
+        return FigureSection(
+            "misclassified", "Misclassified examples", error="No test image was misclassified."
+        )
+    pixels = inputs.X_test[spec.columns].to_numpy(dtype=float)[wrong]
+    images = pixels.reshape(len(wrong), *spec.shape)
+    caption = (
+        f"{len(wrong)} of {len(y)} test images misclassified"
+        + (f"; the first {min(len(wrong), 24)} shown" if len(wrong) > 24 else "")
+        + ", titled true → predicted."
+    )
+    return draw(
+        "misclassified",
+        "Misclassified examples",
+        lambda: plots.misclassified_figure(images, list(y[wrong]), list(predicted[wrong])),
+        caption,
+    )
 
 
 def _importance(inputs: ReportInputs) -> tuple[FigureSection, list[dict[str, str]]]:
