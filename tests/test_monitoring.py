@@ -318,3 +318,16 @@ def test_window_and_since_are_for_the_log_and_exclusive(tmp_path: Path) -> None:
     assert stray.exit_code == 2 and "add --from-log" in stray.all
     bad_time = run_cli("monitor", "--from-log", "--since", "yesterday")
     assert bad_time.exit_code == 2 and "not an ISO date" in bad_time.all
+
+
+def test_a_current_file_sharing_no_column_is_not_called_drift_free(tmp_path: Path) -> None:
+    reference, current = tmp_path / "ref.csv", tmp_path / "cur.csv"
+    _table(100, 0.0, 19).to_csv(reference, index=False)
+    pd.DataFrame({"other": [1, 2, 3]}).to_csv(current, index=False)
+    os.chdir(tmp_path)
+    result = run_cli("monitor", "--reference", reference, "--current", current)
+    assert result.exit_code == 0, result.all
+    assert "Dataset drift: not tested" in result.output
+    assert "column 'a' is missing" in " ".join(result.output.split())
+    missing = run_cli("monitor", "--reference", reference, "--current", tmp_path / "no.csv")
+    assert missing.exit_code == 2 and "check the file name" in missing.stderr

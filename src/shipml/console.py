@@ -289,6 +289,12 @@ def monitor_summary(result: MonitorResult) -> None:
     drift = result.drift
     for finding in drift.findings:
         console.print(f"[yellow]schema:[/] {finding.message}")
+    if not drift.columns:
+        console.print(
+            "Dataset drift: [yellow]not tested[/]: no column of the reference could be compared "
+            "(see the schema findings above)"
+        )
+        return
     verdict = "[bold red]yes[/]" if drift.dataset_drift else "[green]no[/]"
     console.print(
         f"Dataset drift: {verdict} ({len(drift.drifted_columns)} of {len(drift.columns)} "

@@ -90,9 +90,9 @@ def _clean_columns(df: pd.DataFrame, where: str) -> pd.DataFrame:
     return out
 
 
-def _checked_kind(path: Path) -> str:
+def _checked_kind(path: Path, hint: str = _PATH_HINT) -> str:
     if not path.exists():
-        raise DataError(f"data file not found: {path}", _PATH_HINT)
+        raise DataError(f"data file not found: {path}", hint)
     if path.is_dir():
         raise DataError(
             f"{path} is a folder, not a data file", "point `data.path` at a CSV or Parquet file"
@@ -166,7 +166,7 @@ def iter_table_file(path: str | Path, chunk_rows: int = 200_000) -> Iterator[pd.
     """The rows of a CSV or Parquet file in chunks of at most ``chunk_rows``, so a file of any
     size is read in bounded memory; the same checks and messages as ``read_table_file``."""
     path = Path(path)
-    kind = _checked_kind(path)
+    kind = _checked_kind(path, "check the file name and folder")
     with _reading(path, kind):
         batches: Iterable[pd.DataFrame]
         if kind == "parquet":
