@@ -149,6 +149,15 @@ def train(
             min=0,
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run: network fits that finished are loaded from "
+            ".shipml/checkpoints/ and the one cut off goes on from its last epoch. Use the same "
+            "config, data and --trials as the interrupted run.",
+        ),
+    ] = False,
 ) -> None:
     """Validate the data, cross-validate baselines and stronger models, search their
     hyperparameters with Optuna, ensemble the best, score it on the held-out split, write an
@@ -156,15 +165,28 @@ def train(
 
     The first version becomes the champion; later ones become the challenger.
 
-    Example: `shipml train --time-budget 60`
+    Neural-network fits are checkpointed as they train; after an interruption (Ctrl-C, a
+    killed process) `shipml train --resume` picks up where the run stopped.
+
+    Examples: `shipml train --time-budget 60`; `shipml train --trials 20 --resume`
     """
     from shipml.console import train_progress, train_summary
 
     project = _project(config)
     if trials is not None:
         project.config.training.trials = trials
-    with train_progress() as progress:
-        result = project.train(time_budget=time_budget, data=data, on_event=progress)
+    try:
+        with train_progress() as progress:
+            result = project.train(
+                time_budget=time_budget, data=data, on_event=progress, resume=resume
+            )
+    except KeyboardInterrupt:
+        error(
+            "training interrupted",
+            "`shipml train --resume` (same config and --trials) continues from the "
+            "checkpoints of its network fits",
+        )
+        raise typer.Exit(130) from None
     train_summary(result)
 
 

@@ -155,6 +155,13 @@ def train_summary(result: TrainResult) -> None:
         extras.append(f"decision threshold {result.threshold:.3g} (chosen on out-of-fold data)")
     if extras:
         console.print("  " + " · ".join(extras))
+    if result.resumed is not None:
+        r = result.resumed
+        epochs = ", ".join(str(e) for e in r["from_epochs"])
+        console.print(
+            f"  resumed from checkpoints: {r['loaded']} finished network fit(s) loaded, "
+            f"{r['continued']} continued" + (f" from epoch {epochs}" if epochs else "")
+        )
     console.print(
         f"  took {result.elapsed_s:.1f}s of a {result.budget_s:.0f}s budget · MLflow run "
         f"{result.run_id} · validation report {result.paths['validation_report']}"
@@ -215,6 +222,8 @@ class TrainProgress:
         p = self.progress
         if kind == "stage":
             p.update(self.task, description=info["name"])
+        elif kind == "note":
+            p.console.print(f"  [cyan]i[/] {info['text']}")
         elif kind == "validation":
             table = validation_table(info["report"])
             if table is not None:

@@ -49,12 +49,16 @@ class Project:
         time_budget: float | None = None,
         data: str | Path | None = None,
         on_event: EventHandler | None = None,
+        resume: bool = False,
     ) -> TrainResult:
-        """Validate, train, evaluate, track and register a new model version."""
+        """Validate, train, evaluate, track and register a new model version.
+
+        With ``resume``, network fits checkpointed by an interrupted run are picked up from
+        ``.shipml/checkpoints/`` instead of starting over."""
         from shipml.training.train import train
 
         text = self.path.read_text(encoding="utf-8")
-        result = train(self.config, self.root, text, data, time_budget, on_event)
+        result = train(self.config, self.root, text, data, time_budget, on_event, resume=resume)
         self.__dict__.pop("store", None)  # training may have created the store
         return result
 

@@ -237,6 +237,7 @@ class RunRecorder:
         trusted = trusted_types_for(sio.get_untrusted_types(data=sio.dumps(pipeline)))
         signature = infer_signature(input_example, pipeline.predict(input_example))
         requirements = [f"{n}=={v}" for n, v in package_versions().items()]
+        _use_store(self.store)
         with mlflow.start_run(run_id=self.run_id):
             info = mlflow.sklearn.log_model(
                 pipeline,
@@ -307,6 +308,7 @@ def register(store: Store, model_uri: str, sha256: str, tags: dict[str, str]) ->
     with contextlib.suppress(MlflowException):
         client.create_registered_model(store.model_name)
     # register_model prints progress lines of its own; shipml reports the outcome itself.
+    _use_store(store)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         mv = mlflow.register_model(model_uri, store.model_name, tags={**tags, _SHA_TAG: sha256})
     return int(mv.version)
@@ -521,12 +523,20 @@ def load_fast(store: Store, version: int) -> bytes | None:
     return data
 
 
+def _use_store(store: Store) -> None:
+    """Point MLflow's process-wide URIs at ``store``: its fluent calls (start_run, models:/
+    URIs) read them, and another project opened in the same process may have moved them."""
+    mlflow.set_tracking_uri(store.tracking_uri)
+    mlflow.set_registry_uri(store.tracking_uri)
+
+
 def _fill_cache(store: Store, version: int, cache: Path) -> None:
     """Download a version into the cache folder atomically. Several server workers may do this
     at once: the first rename wins and the others use its copy; a folder left half-written by a
     crash is moved aside first (it has no MLmodel)."""
     tmp = Path(tempfile.mkdtemp(dir=store.shipml_dir))
     try:
+        _use_store(store)
         mlflow.artifacts.download_artifacts(
             f"models:/{store.model_name}/{version}", dst_path=str(tmp)
         )

@@ -11,6 +11,7 @@ random state is left alone and the same ``random_state`` gives bit-identical pre
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Self
@@ -24,6 +25,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
+
+from shipml.models import checkpoints
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
@@ -215,16 +218,40 @@ class TorchNetEstimator(BaseEstimator):
         self._architecture = self._architecture_for(X.shape[1], n_outputs)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         generator = torch.Generator().manual_seed(seed)
+        store = checkpoints.active()
+        key = store.key(self, X, targets) if store is not None else ""
+        saved = store.load(key) if store is not None else None
         train, val = self._split(X, targets, seed, stratify)
         with torch_threads(self.n_threads):
             network = self._build_network()
             initialise(network, generator)
-            self._train(network, generator, train, val)
+            if saved is not None and saved["finished"]:
+                network.load_state_dict(saved["network"])
+                self._finish(saved)
+            else:
+                self._train(network, generator, train, val, store, key, saved)
         self.network_ = network.eval()
 
+    def _finish(self, loop: dict[str, Any]) -> None:
+        self.history_ = loop["history"]
+        self.n_epochs_ = len(loop["history"])
+        self.best_epoch_ = loop["best_epoch"]
+        self.stopped_early_ = loop["stopped"]
+        self.resumed_from_epoch_ = loop.get("resumed_from_epoch", 0)
+
     def _train(
-        self, network: nn.Module, generator: torch.Generator, train: _Pair, val: _Pair | None
+        self,
+        network: nn.Module,
+        generator: torch.Generator,
+        train: _Pair,
+        val: _Pair | None,
+        store: checkpoints.CheckpointStore | None = None,
+        key: str = "",
+        saved: dict[str, Any] | None = None,
     ) -> None:
+        """The epochs, from the first or, given ``saved`` (a checkpoint of this very fit), from
+        the one after it: weights, optimizer, schedule, counters and random generator restored,
+        so the result is the same as if training had never stopped."""
         optimizer = torch.optim.AdamW(
             network.parameters(),
             lr=self.learning_rate,
@@ -241,11 +268,27 @@ class TorchNetEstimator(BaseEstimator):
         loss_fn = self._loss_function()
         Xt, tt = train
         batch_size = min(int(self.batch_size), len(Xt))
-        history: list[dict[str, Any]] = []
-        best_loss = reference = math.inf
-        best_state: dict[str, torch.Tensor] | None = None
-        best_epoch, wait, stopped = 0, 0, False
-        for epoch in range(1, int(self.max_epochs) + 1):
+        loop: dict[str, Any] = {
+            "epoch": 0,
+            "history": [],
+            "best_loss": math.inf,
+            "reference": math.inf,  # the loss patience measures progress against
+            "best_state": None,
+            "best_epoch": 0,
+            "wait": 0,
+            "stopped": False,
+            "resumed_from_epoch": 0,
+        }
+        if saved is not None:
+            network.load_state_dict(saved["network"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            generator.set_state(saved["generator"])
+            loop.update({k: saved[k] for k in loop if k != "resumed_from_epoch"})
+            loop["resumed_from_epoch"] = saved["epoch"]
+        last_saved = time.monotonic()
+        history: list[dict[str, Any]] = loop["history"]
+        for epoch in range(loop["epoch"] + 1, int(self.max_epochs) + 1):
             network.train()
             order = torch.randperm(len(Xt), generator=generator)
             total = 0.0
@@ -270,29 +313,45 @@ class TorchNetEstimator(BaseEstimator):
                     row["val_loss"] = float(loss_fn(outputs, val[1]))
                 row["val_score"] = self._score(outputs, val[1])
             history.append(row)
+            loop["epoch"] = epoch
             if self.verbose:
                 print(", ".join(f"{k} {v:.4g}" for k, v in row.items() if v is not None))
             monitored = row["train_loss"] if val is None else row["val_loss"]
             scheduler.step(monitored)  # on the training loss when there is no validation split
             if val is None:
-                best_epoch = epoch
-                continue
-            if monitored < best_loss:  # the weights kept are the lowest validation loss seen
-                best_loss, best_epoch = monitored, epoch
-                best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-            if monitored < reference - self.min_delta:  # patience restarts on real progress
-                reference, wait = monitored, 0
+                loop["best_epoch"] = epoch
             else:
-                wait += 1
-                if wait >= self.patience:
-                    stopped = True
-                    break
-        if best_state is not None:
-            network.load_state_dict(best_state)
-        self.history_ = history
-        self.n_epochs_ = len(history)
-        self.best_epoch_ = best_epoch
-        self.stopped_early_ = stopped
+                if monitored < loop["best_loss"]:  # the weights kept: lowest validation loss
+                    loop["best_loss"], loop["best_epoch"] = monitored, epoch
+                    loop["best_state"] = {
+                        k: v.detach().clone() for k, v in network.state_dict().items()
+                    }
+                if monitored < loop["reference"] - self.min_delta:  # patience restarts on progress
+                    loop["reference"], loop["wait"] = monitored, 0
+                else:
+                    loop["wait"] += 1
+                    if loop["wait"] >= self.patience:
+                        loop["stopped"] = True
+                        break
+            if store is not None and epoch < self.max_epochs and store.due(last_saved):
+                store.save(
+                    key,
+                    {
+                        **loop,
+                        "finished": False,
+                        "network": network.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "generator": generator.get_state(),
+                    },
+                )
+                last_saved = time.monotonic()
+        if loop["best_state"] is not None:
+            network.load_state_dict(loop["best_state"])
+        if store is not None:
+            finished = {k: v for k, v in loop.items() if k != "best_state"}
+            store.save(key, {**finished, "finished": True, "network": network.state_dict()})
+        self._finish(loop)
 
     # --- prediction and persistence --------------------------------------------------------
     def _forward(self, network: nn.Module, Xt: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ from shipml.evaluation.metrics import (
     default_metric,
     regression_metrics,
 )
+from shipml.models import checkpoints
 from shipml.models.bagged import BaggedEnsemble
 from shipml.models.catalog import families_for, resolve_grid, resolve_params
 from shipml.monitoring.profile import PROFILE_ARTIFACT, Profile, reference_profile
@@ -87,6 +88,9 @@ class TrainResult:
     search_trials: int = 0
     inference: str = "native"  # "fast": a verified ONNX/numpy copy serves it (shipml serve)
     inference_note: str = ""
+    # With --resume: {"loaded": finished network fits loaded, "continued": fits that went on
+    # mid-way, "from_epochs": the epochs they went on from}; None on a fresh run.
+    resumed: dict[str, Any] | None = None
 
 
 def load_training_table(config: ProjectConfig, root: Path, data: str | Path | None) -> pd.DataFrame:
@@ -326,6 +330,40 @@ def _log_evaluation(
         recorder.log_figure(figure, "evaluation/confusion_matrix.png")
 
 
+CHECKPOINTS_DIR = "checkpoints"  # under .shipml/
+
+
+def _checkpoint_store(
+    config: ProjectConfig, root: Path, resume: bool, emit: EventHandler
+) -> checkpoints.CheckpointStore | None:
+    """Where this run's network fits checkpoint (None when the config turns them off); a
+    fresh run clears what an earlier one left."""
+    every = config.training.checkpoint_every_s
+    directory = root / ".shipml" / CHECKPOINTS_DIR
+    store = checkpoints.CheckpointStore(directory, every_s=every or 0.0, resume=resume)
+    if resume:
+        found = len(store.files())
+        emit(
+            "note",
+            text=f"resuming: {found} checkpointed network fit(s) in {directory}"
+            if found
+            else f"--resume: no checkpoints in {directory}; training from the start",
+        )
+    else:
+        store.clear()
+    return None if every is None else store
+
+
+def _resume_summary(store: checkpoints.CheckpointStore | None) -> dict[str, Any] | None:
+    if store is None or not store.resume or not (store.loaded or store.continued):
+        return None
+    return {
+        "loaded": store.loaded,
+        "continued": len(store.continued),
+        "from_epochs": list(store.continued),
+    }
+
+
 def train(
     config: ProjectConfig,
     root: Path,
@@ -333,8 +371,14 @@ def train(
     data: str | Path | None = None,
     time_budget: float | None = None,
     on_event: EventHandler | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Train, evaluate, track and register a model for the project at ``root``.
+
+    Network fits save checkpoints to ``.shipml/checkpoints/`` as they train; with ``resume``
+    the checkpoints an interrupted run left are picked up (finished fits load, the one cut off
+    goes on from its last epoch); without, they are cleared first. They are removed once the
+    model is registered.
 
     Nothing reaches the registry until the model is refit and scored: a failure (or a kill) before
     that leaves at most a FAILED (or, on the next run, KILLED) MLflow run, never a new version.
@@ -424,21 +468,23 @@ def train(
         def reserve(results: list[Any]) -> float:
             return refit_seconds(results, metric) + finish_reserve
 
+        checkpoint_store = _checkpoint_store(config, root, resume, emit)
         emit("stage", name="Cross-validating candidates")
-        search = run_search(
-            families,
-            folds,
-            schema.task,
-            metric,
-            config.training,
-            deadline,
-            grid=grid,
-            class_weight=class_weight,
-            on_event=on_candidate,
-            reserve=reserve,
-            target_transform=target_transform,
-            fixed=fixed,
-        )
+        with checkpoints.activated(checkpoint_store):
+            search = run_search(
+                families,
+                folds,
+                schema.task,
+                metric,
+                config.training,
+                deadline,
+                grid=grid,
+                class_weight=class_weight,
+                on_event=on_candidate,
+                reserve=reserve,
+                target_transform=target_transform,
+                fixed=fixed,
+            )
         leaderboard = search.leaderboard
         recorder.log_dict(leaderboard.to_records(), "leaderboard/leaderboard.json")
         recorder.log_dict(search.history, "search/history.json")
@@ -479,17 +525,18 @@ def train(
 
         what = "Bagging" if best.fold_models or best.members else "Refitting"
         emit("stage", name=f"{what} {best.name} on the training split")
-        model = build_final_model(
-            best,
-            leaderboard,
-            folds,
-            prepared.X_train,
-            prepared.y_train,
-            schema,
-            config.features,
-            seed,
-            threshold,
-        )
+        with checkpoints.activated(checkpoint_store):
+            model = build_final_model(
+                best,
+                leaderboard,
+                folds,
+                prepared.X_train,
+                prepared.y_train,
+                schema,
+                config.features,
+                seed,
+                threshold,
+            )
         recorder.log_series(epoch_series(model))
         _log_keras_files(model, recorder)
         emit("stage", name="Scoring the test split")
@@ -537,6 +584,16 @@ def train(
         )
         alias = registry.assign_new_version_alias(store, version)
         recorder.set_tags({"shipml.version": str(version), "shipml.alias": alias})
+        resumed = _resume_summary(checkpoint_store)
+        if resumed:
+            recorder.log_params(
+                {
+                    "resumed_fits_loaded": resumed["loaded"],
+                    "resumed_fits_continued": resumed["continued"],
+                }
+            )
+        if checkpoint_store is not None:
+            checkpoint_store.clear()  # the version is registered: nothing left to resume
 
         emit("stage", name="Writing the report")
         learner = learning_estimator(best, leaderboard, schema, config.features, seed)
@@ -600,6 +657,7 @@ def train(
         search_trials=search.trials,
         inference=inference,
         inference_note=inference_note,
+        resumed=resumed,
     )
 
 
