@@ -548,6 +548,86 @@ def export_grafana(out: OutOpt, config: ConfigOpt = Path("shipml.yaml")) -> None
         console.print(f"  wrote {path}")
 
 
+@export_app.command("lock")
+@handle_errors
+def export_lock(out: OutOpt) -> None:
+    """The Python environment as exact pins (DIR/requirements.lock).
+
+    Every installed distribution as name==version, so a reproduction (or an image) installs
+    the versions that trained the model. shipml itself, installed from its source folder, is
+    named in a comment; PyTorch's CPU or CUDA builds bring their index (--extra-index-url).
+
+    Reproduce with `pip install -r DIR/requirements.lock` on the same Python minor version.
+
+    Example: `shipml export lock --out deploy/`
+    """
+    from shipml.deploy.lock import export_lock as write
+
+    console.print(f"  wrote {write(out)}")
+
+
+@export_app.command("docker")
+@handle_errors
+def export_docker(out: OutOpt, config: ConfigOpt = Path("shipml.yaml")) -> None:
+    """The build context of the champion's serving image.
+
+    A Dockerfile (python slim, a non-root user, HEALTHCHECK on /health, CMD `shipml serve
+    --host 0.0.0.0`), .dockerignore, pinned requirements.txt, shipml's wheel, shipml.yaml and
+    the champion in a store of its own under DIR/.shipml/, so the image serves without the
+    project. When tracking_uri is an MLflow or database server, the model is not copied: the
+    server pulls the champion from it at start.
+
+    Example: `shipml export docker --out docker/ && docker build -t churn:v3 docker/`
+    """
+    from shipml.deploy.docker import export_docker as write
+
+    project = _project(config)
+    with console.status("Exporting the champion and building shipml's wheel"):
+        result = write(project, out)
+    for path in result.files:
+        console.print(f"  wrote {path}")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    model = f"version {result.version} baked in" if result.baked else "pulled from the registry"
+    port = project.config.deploy.port
+    console.print(f"Model: {model}. Build and run:")
+    console.print(f"  docker build -t {result.image} {out}")
+    console.print(f"  docker run --rm -p {port}:{port} {result.image}")
+
+
+@export_app.command("k8s")
+@handle_errors
+def export_k8s(
+    out: OutOpt,
+    config: ConfigOpt = Path("shipml.yaml"),
+    image: Annotated[
+        str | None, typer.Option(help="Image to run (default: deploy.image, else NAME:vN).")
+    ] = None,
+    replicas: Annotated[int | None, typer.Option(help="Pods to start with.")] = None,
+    cpu: Annotated[str | None, typer.Option(help="CPU requested per pod, e.g. 500m.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory requested per pod, e.g. 1Gi.")] = None,
+) -> None:
+    """Kubernetes manifests that run the serving image.
+
+    A Deployment (probes on /health and /ready, requests and limits, rolling updates with
+    maxUnavailable 0, non-root), a Service, a HorizontalPodAutoscaler on CPU and a ConfigMap
+    with shipml.yaml. Values come from the deploy section of shipml.yaml; options override it.
+
+    Example: `shipml export k8s --out k8s/ --image registry.example.com/churn:v3 && kubectl apply
+    -f k8s/`
+    """
+    from shipml.deploy.k8s import export_k8s as write
+    from shipml.deploy.k8s import with_overrides
+
+    project = _project(config)
+    deploy = with_overrides(
+        project.config.deploy, image=image, replicas=replicas, cpu=cpu, memory=memory
+    )
+    for path in write(project, out, deploy):
+        console.print(f"  wrote {path}")
+    console.print(f"Apply: kubectl apply -f {out}")
+
+
 @app.command()
 @handle_errors
 def quickstart(

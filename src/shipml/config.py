@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -187,6 +188,83 @@ class MonitoringConfig(_Strict):
     performance_tolerance: float = Field(default=0.05, ge=0.0, le=1.0)
 
 
+_IMAGE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?/)?"  # registry host[:port]/
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+_CPU = re.compile(r"^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)m?$")
+_MEMORY = re.compile(r"^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[KMGTPE]i|[kMGTPE])?$")
+_UNITS = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+_UNITS |= {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
+_UNITS |= {"Ei": 2.0**60}
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes resource quantity as a number: '500m' is 0.5 (CPUs), '1Gi' is 2**30."""
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * _UNITS[unit]
+    return float(text)
+
+
+class DeployConfig(_Strict):
+    """`shipml export docker` and `shipml export k8s`: the image, the server in it, and how
+    Kubernetes runs and scales it. Resources are Kubernetes quantities ('500m', '1Gi')."""
+
+    image: str | None = None  # default: <name>:v<champion version>
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)  # per container; scale with replicas
+    replicas: int = Field(default=2, ge=1, le=1000)
+    min_replicas: int | None = Field(default=None, ge=1, le=1000)  # default: replicas
+    max_replicas: int = Field(default=10, ge=1, le=1000)
+    target_cpu_percent: int = Field(default=70, ge=1, le=100)  # the autoscaler's CPU target
+    cpu: str = "500m"  # requested; the autoscaler's percentages are of this
+    memory: str = "1Gi"  # requested
+    cpu_limit: str = "2"
+    memory_limit: str | None = None  # default: memory (a pod is not killed for using its request)
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, value: str | None) -> str | None:
+        if value is not None and not _IMAGE.match(value):
+            raise ValueError(
+                "not a container image reference such as registry.example.com/churn:v3 "
+                "(lower-case repository, optional :tag)"
+            )
+        return value
+
+    @field_validator("cpu", "cpu_limit")
+    @classmethod
+    def _cpu_quantity(cls, value: str) -> str:
+        if not _CPU.match(value) or quantity(value) <= 0:
+            raise ValueError("a CPU amount is cores ('1', '0.5') or millicores ('500m')")
+        return value
+
+    @field_validator("memory", "memory_limit")
+    @classmethod
+    def _memory_quantity(cls, value: str | None) -> str | None:
+        if value is not None and (not _MEMORY.match(value) or quantity(value) <= 0):
+            raise ValueError("a memory amount is bytes with a unit, such as '512Mi' or '2Gi'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeployConfig:
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and low > high:
+            raise ValueError(f"min_replicas ({low}) is above max_replicas ({high})")
+        if self.replicas > high:
+            raise ValueError(f"replicas ({self.replicas}) is above max_replicas ({high})")
+        if low is not None and self.replicas < low:
+            raise ValueError(f"replicas ({self.replicas}) is below min_replicas ({low})")
+        if quantity(self.cpu) > quantity(self.cpu_limit):
+            raise ValueError(f"cpu ({self.cpu}) is above cpu_limit ({self.cpu_limit})")
+        if self.memory_limit and quantity(self.memory) > quantity(self.memory_limit):
+            raise ValueError(f"memory ({self.memory}) is above memory_limit ({self.memory_limit})")
+        return self
+
+
 class ProjectConfig(_Strict):
     """The whole of shipml.yaml."""
 
@@ -202,6 +280,7 @@ class ProjectConfig(_Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> ProjectConfig:
