@@ -517,8 +517,142 @@ def monitor(
     monitor_summary(result)
     for label, path in saved.items():
         console.print(f"  {label}: {path}")
+    if (
+        project is not None
+        and result.drift.dataset_drift
+        and project.config.monitoring.retrain_on_drift
+    ):
+        console.print(
+            "[bold yellow]drift[/]: monitoring.retrain_on_drift is on: running the retraining "
+            "pipeline on the configured data"
+        )
+        _retrain(project.path)
     if fail_on_drift and result.drift.dataset_drift:
         raise typer.Exit(1)
+
+
+def _retrain(
+    config: Path,
+    data: Path | None = None,
+    time_budget: float | None = None,
+    trials: int | None = None,
+    allow_schema_change: bool | None = None,
+) -> Any:
+    from shipml.console import pipeline_progress, pipeline_summary
+    from shipml.pipeline.local import run_pipeline
+
+    with pipeline_progress() as progress:
+        result = run_pipeline(
+            config,
+            data=data,
+            time_budget=time_budget,
+            trials=trials,
+            allow_schema_change=allow_schema_change,
+            on_event=progress,
+        )
+    pipeline_summary(result)
+    return result
+
+
+@app.command()
+@handle_errors
+def retrain(
+    config: ConfigOpt = Path("shipml.yaml"),
+    data: Annotated[
+        Path | None,
+        typer.Option(help="The new batch: a CSV/Parquet file instead of the config's data."),
+    ] = None,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--time-budget",
+            help="Seconds for training (default: retrain.time_budget_s, else training's).",
+            min=1,
+        ),
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Run exactly this many search trials.", min=0)
+    ] = None,
+    allow_schema_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-schema-change",
+            help="Accept a batch whose columns or types differ from the champion's.",
+        ),
+    ] = False,
+    fail_on_gate: Annotated[
+        bool,
+        typer.Option("--fail-on-gate", help="Exit 1 when the challenger fails the gate."),
+    ] = False,
+) -> None:
+    """Run the retraining pipeline once: extract the new batch (for SQL with
+    `data.watermark_column`, the rows past the last promoted retrain), validate it (data checks,
+    schema against the champion's), train a challenger, evaluate it beside the champion on the
+    same holdout and the latest labelled feedback, gate it, and promote it if it passed.
+
+    The gate (`gate:` in shipml.yaml): `min` an absolute floor; `must_beat_champion` a paired
+    bootstrap of challenger minus champion whose lower confidence bound must not be worse
+    than `tolerance`. The decision and its evidence are recorded in MLflow. A challenger that
+    fails stays registered and never becomes champion. Running servers switch to a promoted
+    champion on their own; `shipml rollback` undoes a promotion.
+
+    Examples: `shipml retrain`; `shipml retrain --data new_batch.csv --fail-on-gate`
+    """
+    result = _retrain(config, data, time_budget, trials, True if allow_schema_change else None)
+    if fail_on_gate and not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def schedule(
+    config: ConfigOpt = Path("shipml.yaml"),
+    cron: Annotated[
+        str | None,
+        typer.Option(
+            help="Cron schedule in UTC (default: retrain.schedule), e.g. '0 3 * * *'; a "
+            "sixth field gives seconds."
+        ),
+    ] = None,
+    max_runs: Annotated[
+        int | None, typer.Option("--max-runs", help="Stop after this many runs.", min=1)
+    ] = None,
+) -> None:
+    """Run `shipml retrain` on a cron schedule, in the foreground, until stopped (Ctrl-C or
+    SIGTERM; run it under systemd, supervisord or `nohup` to keep it going). A failed run is
+    logged and the schedule goes on; every run is one JSON line in
+    .shipml/pipeline/schedule.jsonl.
+
+    Example: `shipml schedule --cron '0 3 * * *'`
+    """
+    import signal
+
+    from shipml.pipeline.local import run_schedule
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+    def on_event(kind: str, **info: Any) -> None:
+        if kind == "waiting":
+            console.print(f"[dim]next run at {info['until']:%Y-%m-%d %H:%M:%S} UTC[/]")
+        elif kind == "run_done":
+            record = info["record"]
+            console.print(
+                f"[bold]{record['started'][:19]}[/] {record['status']}"
+                + (f": {record['error']}" if record.get("error") else "")
+                + f" ({record['seconds']}s)"
+            )
+            for reason in record.get("reasons") or []:
+                console.print(f"  {reason}")
+
+    try:
+        runs = run_schedule(config, cron, max_runs, on_event)
+    except KeyboardInterrupt:
+        console.print("schedule stopped.")
+        return
+    console.print(f"[bold green]✓[/] {runs} scheduled run(s) done.")
 
 
 export_app = typer.Typer(

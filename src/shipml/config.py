@@ -47,6 +47,9 @@ class DataConfig(_Strict):
     url: str | None = None
     query: str | None = None
     images: ImagesConfig = Field(default_factory=ImagesConfig)
+    # SQL: a column that grows with new rows (a timestamp, an id). `shipml retrain` extracts
+    # only the rows past the highest value of the last promoted retrain.
+    watermark_column: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -56,6 +59,8 @@ class DataConfig(_Strict):
             raise ValueError("give 'path' (CSV or Parquet file) or 'url' + 'query' (SQL)")
         if self.url and not self.query:
             raise ValueError("a SQL source needs 'query' as well as 'url'")
+        if self.watermark_column and not self.url:
+            raise ValueError("watermark_column works with a SQL source ('url' + 'query')")
         return self
 
 
@@ -144,9 +149,51 @@ class ValidationConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    metric: str | None = None
+    """When a retrained version may replace the champion (`shipml retrain`), judged on the
+    new data's test split: ``min`` an absolute floor (a ceiling for error metrics such as
+    rmse); ``must_beat_champion`` a paired bootstrap of challenger minus champion on the same
+    rows, passed when the lower end of its ``confidence`` interval is no worse than
+    ``tolerance`` (a share of the champion's value)."""
+
+    metric: str | None = None  # default: the training metric
     min: float | None = None
     must_beat_champion: bool = True
+    tolerance: float = Field(default=0.01, ge=0.0, le=1.0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    bootstrap: int = Field(default=1000, ge=100, le=100_000)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_gate_metric(cls, value: str | None) -> str | None:
+        if value is not None and value not in CLASSIFICATION_METRICS + REGRESSION_METRICS:
+            known = ", ".join(CLASSIFICATION_METRICS + REGRESSION_METRICS)
+            raise ValueError(f"unknown metric '{value}'; use one of: {known}")
+        return value
+
+
+class RetrainConfig(_Strict):
+    """`shipml retrain` and `shipml schedule`: the pipeline extract → validate → train →
+    evaluate → gate → promote."""
+
+    schedule: str | None = None  # cron, e.g. "0 3 * * *" (03:00 every day), in UTC
+    time_budget_s: float | None = Field(default=None, gt=0)  # default: training.time_budget_s
+    # A new batch whose columns or types differ from the champion's stops the pipeline unless
+    # this is true (the change is intended).
+    allow_schema_change: bool = False
+    keep_runs: int = Field(default=20, ge=1, le=10_000)  # pipeline run folders kept
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(value):
+                raise ValueError(
+                    f"'{value}' is not a cron schedule; use five fields: minute hour "
+                    "day-of-month month day-of-week, e.g. '0 3 * * *'"
+                )
+        return value
 
 
 class ServingConfig(_Strict):
@@ -186,6 +233,9 @@ class MonitoringConfig(_Strict):
     interval_s: float = Field(default=60.0, gt=0.0, le=86_400.0)
     # Live metric worse than the test-time metric by more than this share: degradation.
     performance_tolerance: float = Field(default=0.05, ge=0.0, le=1.0)
+    # `shipml monitor` (and `shipml schedule`'s checks) run `shipml retrain` when the dataset
+    # drifts.
+    retrain_on_drift: bool = False
 
 
 _IMAGE = re.compile(
@@ -278,6 +328,7 @@ class ProjectConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
@@ -292,6 +343,16 @@ class ProjectConfig(_Strict):
             if metric not in allowed:
                 raise ValueError(
                     f"training.metric '{metric}' does not fit task '{self.task}'; "
+                    f"use one of: {', '.join(allowed)}"
+                )
+        gate_metric = self.gate.metric
+        if gate_metric and self.task:
+            allowed = (
+                CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+            )
+            if gate_metric not in allowed:
+                raise ValueError(
+                    f"gate.metric '{gate_metric}' does not fit task '{self.task}'; "
                     f"use one of: {', '.join(allowed)}"
                 )
         return self

@@ -259,6 +259,92 @@ def train_progress() -> Iterator[TrainProgress]:
         yield TrainProgress(progress)
 
 
+class PipelineProgress(TrainProgress):
+    """Training's progress bar, plus one line per pipeline step."""
+
+    def __call__(self, kind: str, **info: Any) -> None:
+        p = self.progress
+        if kind == "step_start":
+            p.update(self.task, description=f"Pipeline: {info['name']}", total=None)
+        elif kind == "step":
+            p.console.print(f"[bold green]✓[/] {info['name']:<8} {_step_note(info['result'])}")
+        else:
+            super().__call__(kind, **info)
+
+
+def _step_note(result: Any) -> str:
+    name = type(result).__name__
+    if name == "Extracted":
+        mark = f", watermark {result.watermark}" if result.watermark is not None else ""
+        return f"{result.rows:,} rows from {result.source}{mark}"
+    if name == "Validated":
+        changes = f"; schema changes allowed: {'; '.join(result.schema_changes)}"
+        return "data checks passed" + (changes if result.schema_changes else "")
+    if name == "Trained":
+        return f"version {result.version} registered as the challenger"
+    if name == "Evaluated":
+        m = result.gate_metric
+        champ = (
+            f", champion (v{result.champion}) {fmt(result.champion_metrics.get(m))}"
+            if result.champion_metrics is not None
+            else ""
+        )
+        feedback = (
+            f"; {result.feedback_rows} labelled feedback rows" if result.feedback_rows else ""
+        )
+        return (
+            f"{m} on {result.holdout_rows} holdout rows: challenger "
+            f"{fmt(result.challenger_metrics.get(m))}{champ}{feedback}"
+        )
+    if name == "Decision":
+        return "passed" if result.passed else "[bold red]failed[/]"
+    if name == "Promotion":
+        if result.promoted:
+            return f"version {result.version} is now the champion (was {result.previous})"
+        return f"not promoted: version {result.champion_after} stays the champion"
+    return ""
+
+
+@contextmanager
+def pipeline_progress() -> Iterator[PipelineProgress]:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        yield PipelineProgress(progress)
+
+
+def pipeline_summary(result: Any) -> None:
+    """The gate's evidence, side by side, and its verdict."""
+    m = result.gate_metric
+    columns: dict[str, dict[str, float]] = {
+        f"challenger v{result.version}": result.challenger_metrics
+    }
+    if result.champion_metrics is not None:
+        columns[f"champion v{result.champion}"] = result.champion_metrics
+    for role, metrics in result.feedback.items():
+        columns[f"{role} on feedback"] = metrics
+    console.print(metrics_table(f"Holdout: {result.holdout_rows:,} rows of the new batch", columns))
+    for reason in result.reasons:
+        style = "red" if reason.startswith("FAILED") else "green"
+        console.print(f"  [{style}]{reason}[/]")
+    if result.promoted:
+        console.print(
+            f"[bold green]✓[/] gate passed on {m}: version {result.version} is the champion "
+            f"(was {result.previous}); running servers switch to it. `shipml rollback` undoes it."
+        )
+    else:
+        console.print(
+            f"[bold yellow]![/] gate failed on {m}: version {result.version} stays registered "
+            f"but not champion; version {result.champion_after} keeps serving."
+        )
+
+
 def paths_table(rows: dict[str, Path | str]) -> Table:
     table = Table(title="Where things are", title_justify="left", show_header=False)
     table.add_column("what")

@@ -314,9 +314,10 @@ def register(store: Store, model_uri: str, sha256: str, tags: dict[str, str]) ->
     return int(mv.version)
 
 
-def assign_new_version_alias(store: Store, version: int) -> str:
-    """The first version (or any version while there is no champion) becomes champion."""
-    if _alias_version(store, CHAMPION) is None:
+def assign_new_version_alias(store: Store, version: int, gated: bool = False) -> str:
+    """The first version (or any version while there is no champion) becomes champion;
+    ``gated`` (a retrain) makes every new version the challenger: its gate decides."""
+    if not gated and _alias_version(store, CHAMPION) is None:
         _move_champion(store, version)
         return CHAMPION
     store.client.set_registered_model_alias(store.model_name, CHALLENGER, str(version))
@@ -348,6 +349,30 @@ def _move_champion(store: Store, version: int) -> None:
         client.delete_registered_model_alias(store.model_name, CHALLENGER)
     history = [*_history(store), version][-50:]
     client.set_registered_model_tag(store.model_name, _HISTORY_TAG, ",".join(map(str, history)))
+
+
+GATE_TAG = "shipml.gate"  # on a model version: passed | failed
+
+
+def record_gate(store: Store, version: int, decision: dict[str, Any]) -> None:
+    """The gate's decision and evidence on ``version``: a tag on the version, metrics and
+    gate/decision.json on its training run."""
+    client = store.client
+    run_id = _get_version(store, version).run_id
+    if run_id:
+        numbers = {
+            f"gate_{k}": float(v)
+            for k, v in decision.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and v == v
+        }
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(numbers.items())])
+        client.log_dict(run_id, decision, "gate/decision.json")
+    client.set_model_version_tag(
+        store.model_name, str(version), GATE_TAG, "passed" if decision["passed"] else "failed"
+    )
+    reasons = "; ".join(decision.get("reasons", []))[:5000]
+    client.set_model_version_tag(store.model_name, str(version), "shipml.gate_reasons", reasons)
 
 
 def champion_version(store: Store) -> int | None:

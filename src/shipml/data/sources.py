@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -292,7 +293,11 @@ def resolve_sql_url(url: str, base_dir: Path) -> str:
     return _default_driver(_resolve_sqlite(url, Path(base_dir)))
 
 
-def _read_sql(url: str, query: str, base_dir: Path) -> pd.DataFrame:
+def _read_sql(
+    url: str, query: str, base_dir: Path, past: tuple[str, Any] | None = None
+) -> pd.DataFrame:
+    """The rows of ``query``; with ``past=(column, value)`` only those whose ``column`` is
+    greater than ``value`` (the database filters them: a watermark)."""
     import sqlalchemy
     from sqlalchemy import exc
 
@@ -331,8 +336,14 @@ def _read_sql(url: str, query: str, base_dir: Path) -> pd.DataFrame:
                 "and that the database server is running",
             ) from None
         with conn:
+            sql, params = _literal_colons(query), None
+            if past is not None and past[1] is not None:
+                column = engine.dialect.identifier_preparer.quote(past[0])
+                inner = sql.strip().rstrip(";")
+                sql = f"SELECT * FROM ({inner}) AS shipml_source WHERE {column} > :shipml_mark"
+                params = {"shipml_mark": past[1]}
             try:
-                df = pd.read_sql_query(sqlalchemy.text(_literal_colons(query)), conn)
+                df = pd.read_sql_query(sqlalchemy.text(sql), conn, params=params)
             except exc.ResourceClosedError:
                 raise DataSourceError(
                     f"data.query on {shown} returned no result table",
@@ -346,6 +357,12 @@ def _read_sql(url: str, query: str, base_dir: Path) -> pd.DataFrame:
     finally:
         engine.dispose()
     if df.shape[1] == 0 or len(df) == 0:
+        if past is not None and past[1] is not None:
+            raise DataSourceError(
+                f"data.query on {shown} returned no rows past the watermark "
+                f"{past[0]} > {past[1]!r}",
+                "there is nothing new to retrain on yet; run again when new rows arrive",
+            )
         raise DataSourceError(
             f"data.query on {shown} returned no rows",
             "check the query's WHERE clause and that the table has data",
@@ -379,6 +396,15 @@ def load_table(source: DataConfig, base_dir: Path, target: str = "label") -> pd.
             "data: give 'path', or 'url' and 'query'", "fix the `data` section of shipml.yaml"
         )
     return _read_sql(source.url, source.query, Path(base_dir))
+
+
+def read_sql_past(source: DataConfig, base_dir: Path, column: str, value: Any) -> pd.DataFrame:
+    """The rows of the SQL source whose ``column`` is past ``value`` (all rows when None)."""
+    if not source.url or not source.query:
+        raise DataSourceError(
+            "data.watermark_column needs a SQL source", "give data.url and data.query"
+        )
+    return _read_sql(source.url, source.query, Path(base_dir), (column, value))
 
 
 def fingerprint(df: pd.DataFrame) -> str:

@@ -184,3 +184,38 @@ def classification_report_dict(y_true: Any, y_pred: Any, classes: list[Any]) -> 
         )
         for key, value in report.items()
     }
+
+
+def metric_value(
+    metric: str,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    proba: np.ndarray | None = None,
+    classes: Sequence[Any] = (),
+) -> float:
+    """One metric, computed alone (the bootstrap of the retraining gate calls it thousands of
+    times); NaN where it is undefined on these rows (one class only, say)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if metric == "roc_auc":
+            auc = None if proba is None else _auc(y_true, proba, classes)
+            return math.nan if auc is None else auc
+        if metric == "log_loss":
+            if proba is None:
+                return math.nan
+            return float(skm.log_loss(y_true, proba, labels=list(classes)))
+        if metric in ("f1_macro", "f1_weighted", "precision_macro", "recall_macro"):
+            kind, average = metric.split("_")
+            p, r, f, _ = skm.precision_recall_fscore_support(
+                y_true, y_pred, average=average, zero_division=0
+            )
+            return float({"f1": f, "precision": p, "recall": r}[kind])
+        scorers = {
+            "accuracy": skm.accuracy_score,
+            "balanced_accuracy": skm.balanced_accuracy_score,
+            "rmse": skm.root_mean_squared_error,
+            "mae": skm.mean_absolute_error,
+            "r2": skm.r2_score,
+            "mape": skm.mean_absolute_percentage_error,
+        }
+        return float(scorers[metric_spec(metric).name](y_true, y_pred))

@@ -372,13 +372,15 @@ def train(
     time_budget: float | None = None,
     on_event: EventHandler | None = None,
     resume: bool = False,
+    gated: bool = False,
 ) -> TrainResult:
     """Train, evaluate, track and register a model for the project at ``root``.
 
     Network fits save checkpoints to ``.shipml/checkpoints/`` as they train; with ``resume``
     the checkpoints an interrupted run left are picked up (finished fits load, the one cut off
     goes on from its last epoch); without, they are cleared first. They are removed once the
-    model is registered.
+    model is registered. ``gated`` (the retraining pipeline) registers even a first version as
+    the challenger, for the gate to decide.
 
     Nothing reaches the registry until the model is refit and scored: a failure (or a kill) before
     that leaves at most a FAILED (or, on the next run, KILLED) MLflow run, never a new version.
@@ -582,7 +584,7 @@ def train(
                 **({registry.FAST_SHA_TAG: fast_sha} if fast_sha else {}),
             },
         )
-        alias = registry.assign_new_version_alias(store, version)
+        alias = registry.assign_new_version_alias(store, version, gated)
         recorder.set_tags({"shipml.version": str(version), "shipml.alias": alias})
         resumed = _resume_summary(checkpoint_store)
         if resumed:
