@@ -685,13 +685,13 @@ def test_deploy_section_shapes_the_manifests(trained: Path, tmp_path: Path) -> N
 
 
 @contextmanager
-def _mlflow_server(folder: Path) -> Iterator[str]:
-    """A real MLflow tracking server (SQLite behind it, artifacts served by it) on
-    127.0.0.1; yields its URL once it answers."""
+def _mlflow_server(folder: Path, backend: str | None = None) -> Iterator[str]:
+    """A real MLflow tracking server (SQLite behind it unless ``backend`` names another
+    database, artifacts served by it) on 127.0.0.1; yields its URL once it answers."""
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    cmd += ["--backend-store-uri", backend or f"sqlite:///{folder / 'mlflow.db'}"]
     cmd += ["--artifacts-destination", str(folder / "artifacts"), "--workers", "1"]
     log = folder / "mlflow.log"
     with log.open("wb") as out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import yaml
 
 from shipml.data.sources import resolve_sql_url
 from shipml.project import Project
-from tests.conftest import run_cli, wine_frame
+from tests.conftest import breast_cancer_frame, make_project, run_cli, wine_frame
 from tests.data.test_sources_postgres import _postgres_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -42,3 +43,51 @@ def test_train_and_predict_from_postgres(tmp_path: Path) -> None:
         with engine.begin() as conn:
             conn.execute(sqlalchemy.text(f"DROP TABLE IF EXISTS {table}"))
         engine.dispose()
+
+
+def test_shared_tracking_on_an_mlflow_server_backed_by_postgres(tmp_path: Path) -> None:
+    """Train on one machine, serve on another: two project folders that share only
+    shipml.yaml's tracking_uri, an `mlflow server` whose store is PostgreSQL."""
+    from tests.serving_helpers import Server
+    from tests.test_deploy_export import _mlflow_server, _predict_like_the_project
+
+    database = f"mlflow_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(
+        resolve_sql_url(_postgres_url(), tmp_path), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {database}"))
+    backend = str(admin.url.set(database=database).render_as_string(hide_password=False))
+    try:
+        with _mlflow_server(tmp_path / "mlflow", backend) as tracking:
+
+            def edit(raw: dict) -> None:
+                raw["training"].update(models=["lightgbm"], trials=0, cv=2, ensemble=False)
+                raw["tracking_uri"] = tracking
+                raw["serving"] = {"reload_interval_s": 0.5}
+
+            trainer = make_project(tmp_path / "trainer", breast_cancer_frame(), "diagnosis", edit)
+            assert run_cli("train", "-c", trainer).exit_code == 0
+            assert not (trainer.parent / ".shipml" / "mlflow.db").exists()
+
+            # The other machine: the same config, no data, no store of its own.
+            server_dir = tmp_path / "server"
+            server_dir.mkdir()
+            served = server_dir / "shipml.yaml"
+            served.write_text(trainer.read_text())
+            listed = run_cli("models", "-c", served)
+            assert listed.exit_code == 0 and "champion" in listed.output
+            with Server(served) as running:
+                assert _predict_like_the_project(running.url, trainer) == "1"
+                # a new version trained here, promoted there: the server follows
+                assert run_cli("train", "-c", trainer).exit_code == 0
+                assert run_cli("promote", "2", "-c", served).exit_code == 0
+                deadline = time.monotonic() + 60
+                while running.get("/ready").json().get("model_version") != "2":
+                    assert time.monotonic() < deadline, "the server did not follow"
+                    time.sleep(0.2)
+            assert Project.load(trainer).champion() == 2
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        admin.dispose()
