@@ -136,6 +136,11 @@ def test_a_users_keras_model_is_trained_registered_and_served(tmp_path: Path) ->
     with Server(config) as server:
         answer = server.post("/predict", {"features": rows[0]}).json()
     assert answer["prediction"] in ("benign", "malignant") and answer["model_version"] == "1"
+    # and retraining: the pipeline trains, gates and records a Keras challenger like any other
+    retrained = run_cli("retrain", "-c", config)
+    assert retrained.exit_code == 0, retrained.all
+    v2 = next(v for v in Project.load(config).models() if v.version == 2)
+    assert v2.family == "keras" and v2.tags["shipml.gate"] in ("passed", "failed")
 
 
 def test_a_bad_build_model_file_is_a_clear_error(tmp_path: Path) -> None:
