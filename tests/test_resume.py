@@ -233,3 +233,60 @@ def test_shipml_train_interrupted_then_resumed_gives_the_uninterrupted_model(
     assert va.test_metrics == vb.test_metrics
     new = pd.read_csv(config.parent / "new.csv")
     pd.testing.assert_frame_equal(a.predict(new), b.predict(new))
+
+
+KERAS_SCRIPT = """
+import sys
+from sklearn.datasets import make_classification
+from shipml.models.checkpoints import checkpointing
+from shipml.models.keras_model import KerasClassifier
+
+X, y = make_classification(3000, 20, n_informative=8, random_state=0)
+with checkpointing(sys.argv[1], every_s=0):
+    KerasClassifier(
+        hidden_layer_sizes=(256, 256), max_epochs=25, patience=100, random_state=3
+    ).fit(X, y)
+"""
+
+
+def test_a_keras_fit_killed_mid_way_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    from shipml.models.keras_model import KerasClassifier
+
+    script = tmp_path / "fit.py"
+    script.write_text(KERAS_SCRIPT)
+    store = tmp_path / "checkpoints"
+    proc = subprocess.Popen([sys.executable, str(script), str(store)])
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and _epoch_of(store) < 3:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the fit finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    [path] = list(store.glob("*.pt"))
+    saved = torch.load(path, weights_only=True)
+    assert not saved["finished"] and 3 <= saved["epoch"] < 25
+    assert saved["early_stopping"]["best_weights"]  # the best epoch's weights travel too
+
+    X, y = _data("mlp")
+
+    def model() -> KerasClassifier:
+        return KerasClassifier(
+            hidden_layer_sizes=(256, 256), max_epochs=25, patience=100, random_state=3
+        )
+
+    with checkpointing(store, every_s=0, resume=True) as checkpoint:
+        resumed = model().fit(X, y)
+    assert checkpoint is not None and checkpoint.continued == [saved["epoch"]]
+    assert resumed.resumed_from_epoch_ == saved["epoch"] and resumed.n_epochs_ == 25
+    assert resumed.history_[: saved["epoch"]] == saved["history"]  # the epochs before the cut
+    assert [row["epoch"] for row in resumed.history_] == list(range(1, 26))
+    assert (resumed.predict(X) == y).mean() > 0.9
+    # finished now: the next resume loads it, predictions unchanged
+    with checkpointing(store, every_s=0, resume=True) as again:
+        loaded = model().fit(X, y)
+    assert again is not None and again.loaded == 1 and again.saved == 0
+    np.testing.assert_allclose(loaded.predict_proba(X), resumed.predict_proba(X), rtol=1e-6)

@@ -113,7 +113,7 @@ class TrainingConfig(_Strict):
     # Binary problems: auto picks the decision threshold on out-of-fold predictions; none keeps
     # 0.5; a number fixes it.
     threshold: Literal["auto", "none"] | float = "auto"
-    # Network fits (mlp, cnn) save their training state to .shipml/checkpoints/ at most this
+    # Network fits (mlp, cnn, keras) save their training state to .shipml/checkpoints/ at most this
     # often, in seconds (0: every epoch; null: never), for `shipml train --resume`.
     checkpoint_every_s: float | None = Field(default=5.0, ge=0)
 

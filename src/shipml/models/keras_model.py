@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,6 +31,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from shipml.errors import ConfigError
+from shipml.models import checkpoints
 from shipml.models.keras_backend import (
     keras_module,
     load_user_module,
@@ -100,41 +102,77 @@ class _KerasEstimator(BaseEstimator):
         x_tr, y_tr, val = self._split(X, target, rng)
         if val is not None and class_weight is not None:  # so val_loss measures what is trained
             val = (*val, np.array([class_weight[int(c)] for c in val[1]], np.float32))
-        model = self._build(keras, X.shape[1], n_outputs)
-        history: list[dict[str, Any]] = []
+        store = checkpoints.active()
+        key = store.key(self, X, target) if store is not None else ""
+        saved = store.load(key) if store is not None else None
+        if saved is not None and saved["finished"]:  # this very fit finished before: load it
+            self.model_ = self._load_model(_bytes_of(saved["model"]))
+            self._finish(saved["history"], saved["best_epoch"], saved["stopped"], 0)
+            return self
+        if saved is not None:  # cut off mid-way: the network with its optimizer state
+            model = self._load_model(_bytes_of(saved["model"]), compile=True)
+        else:
+            model = self._build(keras, X.shape[1], n_outputs)
+        history: list[dict[str, Any]] = list(saved["history"]) if saved is not None else []
         monitor = "val_loss" if val is not None else "loss"
         callbacks = [_history_callback(keras, self, model, val, history)]
-        stop = keras.callbacks.EarlyStopping(
+        stop = _resumable(keras.callbacks.EarlyStopping)(
             monitor=monitor, patience=self.patience or 0, restore_best_weights=True
         )
+        plateau = None
         if self.patience is not None:
             callbacks.append(stop)
         # A learning-rate schedule in a user's compiled optimizer cannot be lowered on plateau.
         schedule = keras.optimizers.schedules.LearningRateSchedule
         fixed_lr = not isinstance(getattr(model.optimizer, "_learning_rate", None), schedule)
         if self.lr_patience is not None and fixed_lr:
-            callbacks.append(
-                keras.callbacks.ReduceLROnPlateau(
-                    monitor=monitor, factor=self.lr_factor, patience=self.lr_patience
-                )
+            plateau = _resumable(keras.callbacks.ReduceLROnPlateau)(
+                monitor=monitor, factor=self.lr_factor, patience=self.lr_patience
             )
+            callbacks.append(plateau)
+        start = 0
+        if saved is not None:
+            start = int(saved["epoch"])
+            stop.resume_state = _restored(saved["early_stopping"])
+            if plateau is not None and saved.get("plateau"):
+                plateau.resume_state = _restored(saved["plateau"])
+        if store is not None:
+            callbacks.append(_checkpoint_callback(keras, store, key, model, history, stop, plateau))
         with torch_threads(self.backend, self.n_threads):
             model.fit(
                 x_tr,
                 y_tr,
                 batch_size=self.batch_size,
                 epochs=self.max_epochs,
+                initial_epoch=start,
                 verbose=self.verbose,
                 callbacks=callbacks,
                 validation_data=val,
                 class_weight=class_weight,
             )
         self.model_ = model
+        best = stop.best_epoch + 1 if stop.best_weights else len(history)
+        self._finish(history, best, bool(stop.stopped_epoch > 0), start)
+        if store is not None:
+            store.save(
+                key,
+                {
+                    "finished": True,
+                    "epoch": len(history),
+                    "model": _model_tensor(model),
+                    "history": history,
+                    "best_epoch": self.best_epoch_,
+                    "stopped": self.stopped_early_,
+                },
+            )
+        return self
+
+    def _finish(self, history: list[dict[str, Any]], best: int, stopped: bool, start: int) -> None:
         self.history_ = history
         self.n_epochs_ = len(history)
-        self.best_epoch_ = stop.best_epoch + 1 if stop.best_weights else self.n_epochs_
-        self.stopped_early_ = bool(stop.stopped_epoch > 0)
-        return self
+        self.best_epoch_ = best
+        self.stopped_early_ = stopped
+        self.resumed_from_epoch_ = start
 
     def _split(
         self, X: np.ndarray, y: np.ndarray, rng: np.random.RandomState
@@ -206,14 +244,15 @@ class _KerasEstimator(BaseEstimator):
         if data is not None:
             self.model_ = self._load_model(np.asarray(data, dtype=np.uint8).tobytes())
 
-    def _load_model(self, data: bytes) -> Any:
-        """Rebuild the network; custom layers come from the user's file if a first try fails."""
+    def _load_model(self, data: bytes, compile: bool = False) -> Any:
+        """Rebuild the network (``compile``: with its optimizer and that optimizer's state);
+        custom layers come from the user's file if a first try fails."""
         keras = keras_module(self.backend)
         with tempfile.TemporaryDirectory() as tmp:
             file = Path(tmp) / "model.keras"
             file.write_bytes(data)
             try:
-                return keras.models.load_model(file, compile=False)
+                return keras.models.load_model(file, compile=compile)
             except Exception as exc:
                 if self.build_model is None:
                     raise
@@ -225,7 +264,7 @@ class _KerasEstimator(BaseEstimator):
                     for k, v in vars(module).items()
                     if isinstance(v, type) and issubclass(v, keras.layers.Layer)
                 }
-                return keras.models.load_model(file, custom_objects=custom, compile=False)
+                return keras.models.load_model(file, custom_objects=custom, compile=compile)
             except Exception as exc:
                 detail = exc.message if isinstance(exc, ConfigError) else first_error
                 raise ConfigError(
@@ -233,6 +272,92 @@ class _KerasEstimator(BaseEstimator):
                     hint="keep the build_model file in place; register custom layers with "
                     "@keras.saving.register_keras_serializable() and give them get_config()",
                 ) from None
+
+
+_CALLBACK_STATE = ("wait", "best", "best_epoch", "stopped_epoch", "cooldown_counter")
+
+
+def _resumable(base: type) -> type:
+    """A Keras callback class whose counters (and best weights) can be set back to a
+    checkpoint's: ``on_train_begin`` resets them, so the saved state is applied after it."""
+
+    class Resumable(base):  # type: ignore[misc, valid-type]
+        resume_state: dict[str, Any] | None = None
+
+        def on_train_begin(self, logs: Any = None) -> None:
+            super().on_train_begin(logs)
+            for name, value in (self.resume_state or {}).items():
+                setattr(self, name, value)
+
+    Resumable.__name__ = base.__name__
+    return Resumable
+
+
+def _callback_state(callback: Any) -> dict[str, Any]:
+    import torch
+
+    state: dict[str, Any] = {}
+    for name in _CALLBACK_STATE:
+        value = getattr(callback, name, None)
+        if value is not None:
+            state[name] = float(value) if name == "best" else int(value)
+    weights = getattr(callback, "best_weights", None)
+    if weights is not None:
+        state["best_weights"] = [torch.from_numpy(np.array(w)) for w in weights]
+    return state
+
+
+def _restored(state: dict[str, Any]) -> dict[str, Any]:
+    state = dict(state)
+    if "best_weights" in state:
+        state["best_weights"] = [w.numpy() for w in state["best_weights"]]
+    return state
+
+
+def _model_tensor(model: Any) -> Any:
+    """The network's .keras file (with its optimizer state) as a uint8 tensor, which a
+    weights-only checkpoint can hold."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / "model.keras")
+        data = (Path(tmp) / "model.keras").read_bytes()
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _bytes_of(tensor: Any) -> bytes:
+    return bytes(tensor.numpy().tobytes())
+
+
+def _checkpoint_callback(
+    keras: Any,
+    store: checkpoints.CheckpointStore,
+    key: str,
+    model: Any,
+    history: list[dict[str, Any]],
+    stop: Any,
+    plateau: Any,
+) -> Any:
+    """Saves the fit's state at the end of an epoch when the store says one is due."""
+    last = [time.monotonic()]
+
+    def end(epoch: int, logs: Any = None) -> None:
+        if not store.due(last[0]) or getattr(model, "stop_training", False):
+            return
+        store.save(
+            key,
+            {
+                "finished": False,
+                "epoch": epoch + 1,
+                "model": _model_tensor(model),
+                "history": list(history),
+                "early_stopping": _callback_state(stop),
+                "plateau": _callback_state(plateau) if plateau is not None else {},
+            },
+        )
+        last[0] = time.monotonic()
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=end)
 
 
 def _history_callback(
