@@ -192,14 +192,33 @@ def train(
 
 @app.command()
 @handle_errors
-def models(config: ConfigOpt = Path("shipml.yaml")) -> None:
-    """List the registered versions with their aliases and key metrics.
+def models(
+    config: ConfigOpt = Path("shipml.yaml"),
+    version: VersionOpt = None,
+    manifest: Annotated[
+        bool,
+        typer.Option(
+            "--manifest",
+            help="Print the version's manifest (config, data fingerprint, seeds, code, "
+            "packages, search, metrics) as JSON, checked against its registered digest.",
+        ),
+    ] = False,
+) -> None:
+    """List the registered versions with their aliases and key metrics; with `--version N
+    --manifest`, what version N was built from.
 
-    Example: `shipml models`
+    Examples: `shipml models`; `shipml models --version 3 --manifest > v3.json`
     """
     from shipml.console import versions_table
 
     project = _project(config)
+    if manifest:
+        from shipml import registry
+
+        if version is None:
+            raise typer.BadParameter("--manifest needs --version N")
+        typer.echo(json.dumps(registry.load_manifest(project.store, version), indent=2))
+        return
     versions = project.models()
     if not versions:
         console.print(f"No versions of '{project.config.name}' yet: run `shipml train`.")
@@ -653,6 +672,41 @@ def schedule(
         console.print("schedule stopped.")
         return
     console.print(f"[bold green]✓[/] {runs} scheduled run(s) done.")
+
+
+@app.command()
+@handle_errors
+def reproduce(
+    version: Annotated[int, typer.Argument(help="The registered version to rebuild.", min=1)],
+    config: ConfigOpt = Path("shipml.yaml"),
+    data: Annotated[
+        Path | None,
+        typer.Option(help="The table to rebuild from (default: the manifest's source)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Scratch folder for the rebuild (default: a new temporary one)."),
+    ] = None,
+) -> None:
+    """Rebuild a version from its manifest and check the rebuild: same data (refused when its
+    fingerprint differs), the recorded seeds and number of trials, in a scratch project with
+    its own store (the registry's aliases are never touched); then the rebuilt model's test
+    metrics and test-split predictions against the original's.
+
+    Exit 0 when every difference is within `reproduce.tolerance`, 1 otherwise. Packages whose
+    versions differ from training are listed as a warning.
+
+    Example: `shipml reproduce 3`
+    """
+    from shipml.console import reproduction_table, train_progress
+    from shipml.reproduce import reproduce as rebuild
+
+    project = _project(config)
+    with train_progress() as progress:
+        result = rebuild(project, version, data=data, out=out, on_event=progress)
+    reproduction_table(result)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 export_app = typer.Typer(

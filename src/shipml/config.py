@@ -171,6 +171,13 @@ class GateConfig(_Strict):
         return value
 
 
+class ReproduceConfig(_Strict):
+    """`shipml reproduce`: how close a rebuild must come (test metrics, probabilities; for
+    regression predictions, relative to max(1, |value|))."""
+
+    tolerance: float = Field(default=1e-6, ge=0.0, le=1.0)
+
+
 class RetrainConfig(_Strict):
     """`shipml retrain` and `shipml schedule`: the pipeline extract → validate → train →
     evaluate → gate → promote."""
@@ -329,6 +336,7 @@ class ProjectConfig(_Strict):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    reproduce: ReproduceConfig = Field(default_factory=ReproduceConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)

@@ -345,6 +345,46 @@ def pipeline_summary(result: Any) -> None:
         )
 
 
+def reproduction_table(result: Any) -> None:
+    """The rebuild against the original: metrics, predictions, packages, verdict."""
+    table = Table(
+        title=f"Version {result.version} rebuilt in {result.scratch}", title_justify="left"
+    )
+    for col in ("test metric", "recorded", "rebuilt", "difference"):
+        table.add_column(col, justify="left" if col == "test metric" else "right")
+    for name, was, now, diff in result.metrics:
+        bad = diff is None or abs(diff) > result.tolerance
+        table.add_row(
+            name,
+            fmt(was),
+            fmt(now),
+            "–" if diff is None else f"{diff:+.3g}",
+            style="red" if bad else "",
+        )
+    console.print(table)
+    proba = result.max_probability_difference
+    console.print(
+        f"  test split: {result.rows:,} rows, {result.predictions_differing:,} predictions "
+        "differ" + ("" if proba is None else f", largest probability difference {proba:.3g}")
+    )
+    if result.package_changes:
+        console.print(
+            f"[yellow]warning:[/] {len(result.package_changes)} package(s) differ from training:"
+        )
+        for name, was, now in result.package_changes[:20]:
+            console.print(f"  {name}: {was or '(absent)'} at training, {now or '(absent)'} now")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if result.ok:
+        console.print(
+            f"[bold green]✓[/] reproduced: every difference is within {result.tolerance:g}."
+        )
+    else:
+        console.print(
+            f"[bold red]✗[/] not reproduced within {result.tolerance:g} (reproduce.tolerance)."
+        )
+
+
 def paths_table(rows: dict[str, Path | str]) -> Table:
     table = Table(title="Where things are", title_justify="left", show_header=False)
     table.add_column("what")

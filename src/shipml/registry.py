@@ -135,6 +135,16 @@ def open_store(root: Path, name: str, tracking_uri: str | None = None) -> Store:
     return Store(root, uri, experiment_id, name, client)
 
 
+def all_package_versions() -> dict[str, str]:
+    """Every installed distribution: {name: version}, sorted by name."""
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name not in found:  # the first on sys.path is the one imported
+            found[name] = dist.version
+    return dict(sorted(found.items(), key=lambda item: item[0].lower()))
+
+
 def package_versions(names: tuple[str, ...] = MODEL_REQUIREMENTS) -> dict[str, str]:
     out = {}
     for n in names:
@@ -349,6 +359,57 @@ def _move_champion(store: Store, version: int) -> None:
         client.delete_registered_model_alias(store.model_name, CHALLENGER)
     history = [*_history(store), version][-50:]
     client.set_registered_model_tag(store.model_name, _HISTORY_TAG, ",".join(map(str, history)))
+
+
+MANIFEST_ARTIFACT = "manifest/manifest.json"
+MANIFEST_SHA_TAG = "shipml.manifest_sha256"
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys): independent of formatting."""
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def log_manifest(store: Store, version: int, manifest: dict[str, Any]) -> None:
+    """The version's manifest on its run, its digest on the version: a later change to the
+    artifact is detected by ``load_manifest``."""
+    run_id = _get_version(store, version).run_id
+    store.client.log_dict(run_id, manifest, MANIFEST_ARTIFACT)
+    store.client.set_model_version_tag(
+        store.model_name, str(version), MANIFEST_SHA_TAG, manifest_digest(manifest)
+    )
+
+
+def load_manifest(store: Store, version: int) -> dict[str, Any]:
+    """Version ``version``'s manifest, checked against the digest registered with it."""
+    mv = _get_version(store, version)
+    expected = (mv.tags or {}).get(MANIFEST_SHA_TAG)
+    if not expected or not mv.run_id:
+        raise RegistryError(
+            f"version {version} has no manifest", "versions trained before manifests have none"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=mv.run_id,
+                artifact_path=MANIFEST_ARTIFACT,
+                dst_path=tmp,
+                tracking_uri=store.tracking_uri,
+            )
+            manifest: dict[str, Any] = json.loads(Path(local).read_text(encoding="utf-8"))
+        except (MlflowException, OSError, ValueError) as err:
+            raise RegistryError(
+                f"version {version}: its manifest cannot be read ({str(err).splitlines()[0]})",
+                "the run's artifacts were moved or deleted",
+            ) from None
+    if manifest_digest(manifest) != expected:
+        raise RegistryError(
+            f"version {version}: its manifest was changed after registration "
+            f"(sha256 {manifest_digest(manifest)[:12]} != registered {expected[:12]})",
+            "restore the original manifest; a changed manifest cannot be trusted to rebuild it",
+        )
+    return manifest
 
 
 GATE_TAG = "shipml.gate"  # on a model version: passed | failed

@@ -106,7 +106,16 @@ def _lightgbm(task: str) -> Callable[[Params, int], BaseEstimator]:
     def make(params: Params, seed: int) -> BaseEstimator:
         from lightgbm import LGBMClassifier, LGBMRegressor
 
-        fixed = {"subsample_freq": 1, "n_jobs": N_JOBS, "verbose": -1, "random_state": seed}
+        # deterministic + a fixed histogram layout: LightGBM otherwise picks row- or col-wise
+        # by timing both, which can change the model from one run to the next.
+        fixed = {
+            "subsample_freq": 1,
+            "n_jobs": N_JOBS,
+            "verbose": -1,
+            "random_state": seed,
+            "deterministic": True,
+            "force_col_wise": True,
+        }
         cls = LGBMClassifier if task == "classification" else LGBMRegressor
         return cls(**{**params, **fixed})
 

@@ -117,6 +117,71 @@ def _git_info(root: Path) -> dict[str, str]:
         return {}
 
 
+MANIFEST_FORMAT = 1
+
+
+def build_manifest(
+    config: ProjectConfig,
+    root: Path,
+    config_text: str,
+    data: str | Path | None,
+    prepared: PreparedData,
+    *,
+    budget: float,
+    elapsed: float,
+    trials: int,
+    candidates: int,
+    family: str,
+    test_metrics: dict[str, float],
+) -> dict[str, Any]:
+    """Everything needed to rebuild a version and check the rebuild (`shipml reproduce`):
+    the config as used, the data's fingerprint, seeds, code and environment, search and
+    results."""
+    git = _git_info(root)
+    source: dict[str, str | None]
+    if data is not None:
+        source = {"kind": "file", "path": str(Path(data).resolve()), "from": "--data"}
+    elif config.data.path:
+        source = {"kind": "file", "path": config.data.path, "from": "data.path"}
+    else:
+        source = {"kind": "sql", "url": mask_url(config.data.url or ""), "query": config.data.query}
+    return {
+        "format": MANIFEST_FORMAT,
+        "project": config.name,
+        "created": datetime.now(UTC).isoformat(),
+        "config": redact_secrets(config_text, config),
+        "overrides": {
+            "trials": config.training.trials,
+            "time_budget_s": budget,
+            "data": None if data is None else str(Path(data).resolve()),
+        },
+        "data": {
+            "source": source,
+            "sha256": prepared.data_sha256,
+            "rows": prepared.n_rows,
+            "train_rows": len(prepared.X_train),
+            "test_rows": len(prepared.X_test),
+        },
+        "seeds": {"split": config.split.seed, "training": config.training.seed},
+        "search": {
+            "trials": trials,
+            "fixed_trials": config.training.trials is not None,
+            "candidates": candidates,
+            "budget_s": round(budget, 3),
+            "used_s": round(elapsed, 3),
+        },
+        "model": {"family": family},
+        "git": {
+            "commit": git.get("shipml.git_commit"),
+            "dirty": git.get("shipml.git_dirty") == "true" if git else None,
+        },
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": registry.all_package_versions(),
+        "test_metrics": test_metrics,
+    }
+
+
 def redact_secrets(text: str, config: ProjectConfig) -> str:
     """The config text with passwords in URLs masked, for logging to the tracking store."""
     for url in (config.data.url, config.tracking_uri):
@@ -568,6 +633,20 @@ def train(
             "run_id": recorder.run_id,
         }
         model_uri, sha = recorder.log_model(model, schema, prepared.X_train.head(5), meta)
+        manifest = build_manifest(
+            config,
+            root,
+            config_text,
+            data,
+            prepared,
+            budget=budget,
+            elapsed=time.monotonic() - started,
+            trials=search.trials,
+            candidates=len(leaderboard.results),
+            family=best.name,
+            test_metrics=test_metrics,
+        )
+        recorder.log_dict(manifest, registry.MANIFEST_ARTIFACT)
         version = registry.register(
             store,
             model_uri,
@@ -582,6 +661,7 @@ def train(
                 "shipml.inference": inference,
                 "shipml.inference_note": inference_note,
                 **({registry.FAST_SHA_TAG: fast_sha} if fast_sha else {}),
+                registry.MANIFEST_SHA_TAG: registry.manifest_digest(manifest),
             },
         )
         alias = registry.assign_new_version_alias(store, version, gated)
