@@ -816,6 +816,71 @@ def export_k8s(
     console.print(f"Apply: kubectl apply -f {out}")
 
 
+@export_app.command("airflow")
+@handle_errors
+def export_airflow(out: OutOpt, config: ConfigOpt = Path("shipml.yaml")) -> None:
+    """The retraining pipeline as an Airflow 3 DAG (DIR/shipml_NAME_retrain.py).
+
+    Tasks extract >> validate >> train >> evaluate >> gate >> promote call shipml's own step
+    functions, the ones `shipml retrain` runs, and hand results on through XCom. A challenger
+    that fails the gate fails the run: promote does not run and the champion stays.
+    retrain.schedule is the DAG's schedule (UTC); unset, runs start when triggered.
+
+    Put the file in Airflow's dags folder. The workers need shipml installed and the project's
+    folder at the same path; the config a run uses is the Airflow Variable shipml_NAME_config
+    when set, else $SHIPML_CONFIG, else this config's absolute path.
+
+    Example: `shipml export airflow --out ~/airflow/dags/`
+    """
+    from shipml.pipeline.airflow import config_variable, dag_id
+    from shipml.pipeline.airflow import export_airflow as write
+
+    project = _project(config)
+    console.print(f"  wrote {write(project, out)}")
+    name = project.config.name
+    schedule = project.config.retrain.schedule
+    console.print(
+        f"DAG {dag_id(name)}: "
+        + (f"runs on '{schedule}' (UTC)" if schedule else "no schedule, runs when triggered")
+        + f"; config {project.path.resolve()} (Variable {config_variable(name)} overrides it)."
+    )
+    console.print(f"Try it: airflow dags test {dag_id(name)}")
+
+
+@export_app.command("kubeflow")
+@handle_errors
+def export_kubeflow(
+    out: OutOpt,
+    config: ConfigOpt = Path("shipml.yaml"),
+    image: Annotated[
+        str | None,
+        typer.Option(help="Image every step runs in (default: deploy.image, else NAME:vN)."),
+    ] = None,
+) -> None:
+    """The retraining pipeline for Kubeflow Pipelines (kfp v2): DIR/pipeline.py, its source,
+    and DIR/shipml_NAME_retrain.yaml, what kfp's compiler makes of it.
+
+    Six lightweight Python components, extract → validate → train → evaluate → gate →
+    promote, each calling shipml's own step function in the serving image (`shipml export
+    docker`) and handing its result on as JSON. The gate task fails when the challenger fails
+    the gate, so promote does not run. The `config` parameter defaults to this project's
+    shipml.yaml: mount the project's folder at that path in every step. Edit pipeline.py and
+    run it to recompile. Needs `pip install "shipml[kubeflow]"`.
+
+    Example: `shipml export kubeflow --out kubeflow/`, then upload the YAML in the Kubeflow UI
+    """
+    from shipml.pipeline.kubeflow import export_kubeflow as write
+
+    project = _project(config)
+    written = write(project, out, image)
+    for path in written:
+        console.print(f"  wrote {path}")
+    console.print(
+        f"Upload {written[-1].name} in the Kubeflow Pipelines UI; "
+        f"edit {written[0].name} and run it to recompile."
+    )
+
+
 @app.command()
 @handle_errors
 def quickstart(

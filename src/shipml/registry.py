@@ -545,6 +545,18 @@ def resolve(store: Store, ref: str | int) -> int:
     return version_or_none
 
 
+def load_schema(store: Store, ref: str | int = CHAMPION) -> Schema:
+    """A version's input schema, read from its MLmodel file alone: no model is unpickled
+    (loading one imports skops, which imports half of scikit-learn, seconds per process)."""
+    version = resolve(store, ref)
+    cache = store.shipml_dir / "cache" / store.model_name / str(version)
+    if not (cache / "MLmodel").is_file():
+        _fill_cache(store, version, cache)
+    mlmodel = yaml.safe_load((cache / "MLmodel").read_text())
+    meta = (mlmodel.get("metadata") or {}).get("shipml", {})
+    return Schema.from_dict(meta["schema"])
+
+
 def load(store: Store, ref: str | int = CHAMPION) -> LoadedModel:
     """Load a registered version from the project's registry, verified and without pickle."""
     import skops.io as sio

@@ -225,7 +225,7 @@ def validate(extracted: Extracted, allow_schema_change: bool | None = None) -> V
     if allow_schema_change is not None:
         allowed = allow_schema_change
     champion = project.champion()
-    old = registry.load(project.store, champion).schema if champion is not None else None
+    old = registry.load_schema(project.store, champion) if champion is not None else None
     changes: list[str] = []
     if old is not None:
         changes = [f"column '{c}' is missing" for c in old.input_columns if c not in df]
