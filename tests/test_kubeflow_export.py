@@ -127,10 +127,10 @@ def _local_runner(root: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")  # image: not "python"
-def test_the_pipeline_runs_on_kfps_local_runner_and_stops_at_a_failed_gate(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
-    # a smaller bootstrap: every step is a fresh process, and this test runs twelve of them
+def test_the_compiled_pipeline_runs_on_kfps_local_runner_and_promotes(tmp_path: Path) -> None:
+    # One run of the compiled YAML (every step is a fresh process: about a minute and a half
+    # here); the gate failing a run is the step functions' own behaviour, run by the Airflow
+    # DAG's tests and by tests/test_pipeline.py.
     config = make_project(
         tmp_path / "project", world(600, 1), "label", _edit({"gate": {"bootstrap": 200}})
     )
@@ -139,38 +139,17 @@ def test_the_pipeline_runs_on_kfps_local_runner_and_stops_at_a_failed_gate(
     out = tmp_path / "kubeflow"
     export_kubeflow(Project.load(config), out)
     compiled = _check_compiled(out / "shipml_train_retrain.yaml", "train:v1", config.resolve())
-    pipeline = _load_source(out / "pipeline.py")
 
-    # (a) the world changed: the challenger clearly beats the champion and is promoted
+    # the world changed: the challenger clearly beats the champion and is promoted
     changed = tmp_path / "changed.csv"
     world(600, 8, shift=3.0, flipped=True).to_csv(changed, index=False)
-    _local_runner(tmp_path / "kfp-a")
-    task = pipeline.retrain(data=str(changed), trials=0)
+    _local_runner(tmp_path / "kfp")
+    task = compiled(data=str(changed), trials=0)
     promotion = json.loads(task.output)
     assert promotion["promoted"] and promotion["passed"]
     assert (promotion["version"], promotion["previous"], promotion["champion_after"]) == (2, 1, 2)
-    assert Project.load(config).champion() == 2
-    [run] = (tmp_path / "kfp-a" / "outputs").iterdir()
+    [run] = (tmp_path / "kfp" / "outputs").iterdir()
     assert sorted(p.name for p in run.iterdir()) == sorted(STEPS)
-
-    # (b) the compiled YAML itself, with a floor no model reaches: the gate task fails and
-    # promote never runs
-    raw = yaml.safe_load(config.read_text())
-    raw["gate"]["min"] = 0.9999
-    config.write_text(yaml.safe_dump(raw))
-    _local_runner(tmp_path / "kfp-b")
-    capfd.readouterr()
-    with pytest.raises(RuntimeError, match=r"Inner task failed: .*gate"):
-        compiled(data=str(changed), trials=0)
-    logs = capfd.readouterr()
-    said = " ".join((logs.out + logs.err).split())
-    assert "GateFailed: version 3 failed the gate: FAILED: challenger roc_auc" in said
-    assert "must be at least gate.min 0.9999" in said
-    [run] = (tmp_path / "kfp-b" / "outputs").iterdir()
-    ran = {p.name for p in run.iterdir()}
-    assert ran >= set(STEPS[:4]) and "promote" not in ran
     project = Project.load(config)
     assert project.champion() == 2
-    versions = {v.version: v for v in project.models()}
-    assert versions[3].tags["shipml.gate"] == "failed" and "champion" not in versions[3].aliases
-    assert versions[2].tags["shipml.gate"] == "passed"
+    assert {v.version: v for v in project.models()}[2].tags["shipml.gate"] == "passed"
