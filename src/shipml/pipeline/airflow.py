@@ -1,0 +1,148 @@
+"""`shipml export airflow`: the retraining pipeline as an Airflow 3 DAG file.
+
+DIR/shipml_<name>_retrain.py    one DAG, extract >> validate >> train >> evaluate >> gate >>
+                                promote, each task calling shipml's own step function
+                                (shipml.pipeline.steps) and handing its result on through XCom
+
+The export only writes text (templates/airflow_dag.py.j2): it needs no Airflow here. The DAG
+file imports Airflow (``pip install shipml[airflow]`` where it runs) and imports shipml only
+inside its tasks, so parsing it stays fast. ``to_xcom`` / ``from_xcom`` are what its tasks
+call to hand results on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template
+
+from shipml.deploy.output import check_out, out_folder, write_files
+from shipml.errors import ConfigError
+
+if TYPE_CHECKING:
+    from shipml.pipeline.steps import StepResult
+    from shipml.project import Project
+
+T = TypeVar("T", bound="StepResult")
+
+CONFIG_ENV = "SHIPML_CONFIG"  # as `shipml serve` reads it
+_FLOAT = "float"  # {"float": "nan"}: a non-finite number in XCom
+
+
+def _slug(name: str) -> str:
+    # A '.' or '-' in a project's name would not make an importable module name.
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def dag_id(name: str) -> str:
+    """The DAG's id, also its file's name: shipml_<name>_retrain, with what in the project's
+    name is not a letter, a digit or '_' as '_'."""
+    return f"shipml_{_slug(name)}_retrain"
+
+
+def config_variable(name: str) -> str:
+    """The Airflow Variable that, when set, names the shipml.yaml the DAG runs."""
+    return f"shipml_{_slug(name)}_config"
+
+
+def _literal(value: str) -> str:
+    """A Python string literal of ``value``, double-quoted as ruff formats it (JSON's escapes
+    are Python's; non-ASCII stays as it is, so no character becomes a surrogate pair)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+@lru_cache(maxsize=1)
+def _template() -> Template:
+    env = Environment(
+        loader=PackageLoader("shipml", "templates"),
+        autoescape=False,  # Python source, not HTML; values go in through the `py` filter
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["py"] = _literal
+    return env.get_template("airflow_dag.py.j2")
+
+
+def dag_source(project: Project, start: datetime | None = None) -> str:
+    """The text of the DAG file for ``project``; its first scheduled run comes after ``start``
+    (default: today, UTC)."""
+    name = project.config.name
+    start = start or datetime.now(UTC)
+    source = _template().render(
+        name=name,
+        dag_id=dag_id(name),
+        description=f"Retrain shipml project '{name}' and promote what passes the gate",
+        config=project.path.resolve().as_posix(),
+        variable=config_variable(name),
+        config_env=CONFIG_ENV,
+        schedule=project.config.retrain.schedule,
+        start=start,
+    )
+    try:
+        compile(source, f"{dag_id(name)}.py", "exec")
+    except SyntaxError as err:  # pragma: no cover - the template makes valid Python
+        raise ConfigError(f"the generated DAG is not valid Python: {err}") from None
+    return source
+
+
+def export_airflow(project: Project, out: Path) -> Path:
+    """Write the DAG file into ``out``; returns its path."""
+    check_out(out, "Airflow DAG")
+    source = dag_source(project)
+    out_folder(out, "Airflow DAG")
+    [path] = write_files({out / f"{dag_id(project.config.name)}.py": source}, "Airflow DAG")
+    return path
+
+
+# ----------------------------------------------------------------- what the DAG's tasks call
+
+
+def to_xcom(result: StepResult) -> dict[str, Any]:
+    """A step's result as XCom can store it: strict JSON, which refuses NaN and infinities (a
+    metric can be NaN, e.g. ROC AUC on a holdout of one class), so those travel as
+    ``{"float": "nan"}``."""
+    return dict(_encode(result.to_dict()))
+
+
+def from_xcom(cls: type[T], payload: dict[str, Any]) -> T:
+    """The step result ``to_xcom`` made, as ``cls``."""
+    return cls.from_dict(_decode(payload))
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return {_FLOAT: repr(value)}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.keys() == {_FLOAT}:
+            return float(value[_FLOAT])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+__all__ = [
+    "CONFIG_ENV",
+    "config_variable",
+    "dag_id",
+    "dag_source",
+    "export_airflow",
+    "from_xcom",
+    "to_xcom",
+]
