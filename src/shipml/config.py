@@ -322,6 +322,45 @@ class DeployConfig(_Strict):
         return self
 
 
+_RAY_ADDRESS = re.compile(r"^(?:auto|(?:ray://)?[A-Za-z0-9_.-]+:[0-9]{1,5})$")
+
+
+class ComputeConfig(_Strict):
+    """Where the search runs: on this machine (local), or as tasks on a Ray cluster (ray),
+    where the candidates' cross-validation folds and several search trials run side by side."""
+
+    engine: Literal["local", "ray"] = "local"
+    # ray://head:10001 (Ray Client, from outside the cluster), head:6379 (from a cluster node),
+    # auto (the cluster this node belongs to); null: $RAY_ADDRESS, else a Ray started here.
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1, le=100_000)  # the Ray started here
+    # Search trials in flight at once; default: the cluster's CPUs / the number of folds. Set it
+    # for results that do not depend on the cluster's size (see the README).
+    parallel_trials: int | None = Field(default=None, ge=1, le=10_000)
+
+    @field_validator("address")
+    @classmethod
+    def _ray_address(cls, value: str | None) -> str | None:
+        if value is not None and not _RAY_ADDRESS.match(value):
+            raise ValueError(
+                "a Ray address is ray://HOST:PORT (Ray Client, port 10001 by default), "
+                "HOST:PORT (the head's GCS, on a cluster node) or auto"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _ray_settings_need_ray(self) -> ComputeConfig:
+        given = [k for k in ("address", "num_cpus", "parallel_trials") if getattr(self, k)]
+        if self.engine == "local" and given:
+            raise ValueError(f"{given[0]} is a setting of the Ray engine; add engine: ray")
+        if self.address and self.num_cpus:
+            raise ValueError(
+                "num_cpus sizes the Ray started on this machine (address: null); a cluster's "
+                "size is set where it is started (ray start --num-cpus N)"
+            )
+        return self
+
+
 class ProjectConfig(_Strict):
     """The whole of shipml.yaml."""
 
@@ -340,6 +379,7 @@ class ProjectConfig(_Strict):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> ProjectConfig:

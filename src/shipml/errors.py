@@ -49,6 +49,10 @@ class TrainingError(ShipmlError):
     """Training could not produce a model (for example, every candidate failed)."""
 
 
+class ClusterError(ShipmlError):
+    """A compute cluster (Ray) cannot be reached or cannot run shipml's tasks."""
+
+
 class GateFailed(ShipmlError):
     """A check the user asked to fail on did fail (gate, drift)."""
 

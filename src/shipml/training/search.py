@@ -12,6 +12,9 @@ ensemble of the best candidates. The search is one of:
   trials and ignores the clock, so a fixed seed gives the same result.
 - ``grid``: every combination of ``training.param_grid``, in order, while the budget lasts.
 - ``none``: the defaults only.
+
+With ``compute: {engine: ray}`` the same search runs on a Ray cluster (``distributed.py``): the
+folds of each candidate, and several trials at once, run there as tasks.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Generator
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +36,12 @@ from sklearn.base import clone
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.model_selection import ParameterGrid
 
-from shipml.config import TrainingConfig
+from shipml.config import ComputeConfig, TrainingConfig
 from shipml.errors import ConfigError, ShipmlError
 from shipml.evaluation.metrics import METRICS
 from shipml.models.catalog import TARGET_TRANSFORM, Family, Params
 from shipml.training.ensemble import greedy_ensemble
-from shipml.training.folds import FoldSet
+from shipml.training.folds import Fold, FoldSet
 from shipml.training.leaderboard import CandidateResult, Leaderboard, fold_metrics, fold_output
 
 EventHandler = Callable[..., None]
@@ -65,8 +70,36 @@ class SearchResult:
     trials: int = 0  # search trials run after the defaults
 
 
-class _Pruned(Exception):
-    pass
+@dataclass
+class FoldOutcome:
+    """One candidate on one fold: its output on the validation rows and their scores (and the
+    fitted model), or why the fit failed."""
+
+    output: np.ndarray | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    model: Any = None
+    seconds: float = 0.0
+    error: str = ""
+
+
+def fit_fold(
+    estimator: Any, fold: Fold, task: str, classes: np.ndarray | None, metrics: tuple[str, ...]
+) -> FoldOutcome:
+    """Fit a clone of ``estimator`` on one fold and score it on the fold's validation rows."""
+    started = time.monotonic()
+    model = clone(estimator)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(fold.X_train, fold.y_train)
+            output = fold_output(model, fold.X_valid, task)
+            scores = fold_metrics(fold.y_valid, output, classes, metrics)
+    except ShipmlError:  # the user's to fix (a Keras build_model file, say): stop
+        raise
+    except Exception as err:  # a failing candidate must not end the whole training
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        return FoldOutcome(seconds=time.monotonic() - started, error=reason)
+    return FoldOutcome(output, scores, model, time.monotonic() - started)
 
 
 class Search:
@@ -103,6 +136,7 @@ class Search:
         self.results: list[CandidateResult] = []
         self.started = time.monotonic()
         self.trials = 0
+        self.parallel = 1  # search trials in flight at once (more on a cluster)
 
     # --- one candidate ---------------------------------------------------------------------
 
@@ -116,10 +150,12 @@ class Search:
         config: Params,
         report: Callable[[int, float], bool] | None = None,
         budgeted: bool = True,
+        launched: Any = None,
     ) -> CandidateResult:
         """Cross-validate ``family`` with ``config`` fold by fold. ``report(step, value)``
         returning True prunes it; with ``budgeted``, it stops when the clock says its
-        remaining folds would not finish in time."""
+        remaining folds would not finish in time. ``launched``: what ``launch`` returned when
+        its folds were started ahead."""
         name = family.name if trial == 0 else f"{family.name}#{trial}"
         estimator = family.build(self.seed, config)
         result = CandidateResult(
@@ -135,43 +171,55 @@ class Search:
         self.results.append(result)
         n = len(self.folds)
         self.emit("candidate_start", name=name, folds=n)
-        started = time.monotonic()
         models = []
-        for i, fold in enumerate(self.folds.folds):
-            model = clone(estimator)
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    model.fit(fold.X_train, fold.y_train)
-                    output = fold_output(model, fold.X_valid, self.task)
-                    scores = fold_metrics(fold.y_valid, output, self.folds.classes, self.metrics)
-            except ShipmlError:  # the user's to fix (a Keras build_model file, say): stop
-                raise
-            except Exception as err:  # a failing candidate must not end the whole training
-                result.status = "failed"
-                result.reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-                break
-            result.fold_outputs.append(output)
-            models.append(model)
-            for m, v in scores.items():
-                result.fold_scores.setdefault(m, []).append(v)
-            self.emit("fold_done", name=name, fold=i + 1, score=scores[self.metric])
-            if report is not None and i + 1 < n and report(i, self.sign * result.mean(self.metric)):
-                result.status, result.reason = "pruned", f"pruned after {i + 1}/{n} folds"
-                break
-            per_fold = (time.monotonic() - started) / (i + 1)
-            left = n - (i + 1)
-            if budgeted and left and per_fold * left > self.time_left():
-                result.status = "stopped"
-                result.reason = f"time budget: stopped after {i + 1}/{n} folds"
-                break
-        result.fit_seconds = time.monotonic() - started
+        with closing(self.fold_outcomes(estimator, family, budgeted, launched)) as outcomes:
+            for i, outcome in enumerate(outcomes):
+                if outcome is None:
+                    result.status = "stopped"
+                    result.reason = f"time budget: stopped after {i}/{n} folds"
+                    break
+                result.fit_seconds += outcome.seconds
+                if outcome.error:
+                    result.status, result.reason = "failed", outcome.error
+                    break
+                assert outcome.output is not None
+                result.fold_outputs.append(outcome.output)
+                models.append(outcome.model)
+                for m, v in outcome.scores.items():
+                    result.fold_scores.setdefault(m, []).append(v)
+                self.emit("fold_done", name=name, fold=i + 1, score=outcome.scores[self.metric])
+                if (
+                    report is not None
+                    and i + 1 < n
+                    and report(i, self.sign * result.mean(self.metric))
+                ):
+                    result.status, result.reason = "pruned", f"pruned after {i + 1}/{n} folds"
+                    break
         if result.status == "ok" and family.bag and not self.folds.ordered:
             # One pass over the rows is enough to bag; more would only slow predictions down.
             result.fold_models = models[: self.folds.per_repeat]
             self._keep_best_models()
         self.emit("candidate_done", result=result, folds=n, metric=self.metric)
         return result
+
+    def launch(self, family: Family, config: Params) -> Any:
+        """Start cross-validating a candidate ahead of ``evaluate`` (a cluster does: see
+        distributed.py). Here nothing starts: ``evaluate`` fits the folds itself."""
+        return None
+
+    def fold_outcomes(
+        self, estimator: Any, family: Family, budgeted: bool, launched: Any
+    ) -> Generator[FoldOutcome | None, None, None]:
+        """Each fold's outcome in fold order, or None where, ``budgeted``, the clock says the
+        remaining folds would not finish in time. Here a fold is fitted only when asked for, so
+        a pruned candidate fits no more."""
+        started = time.monotonic()
+        n = len(self.folds)
+        for i, fold in enumerate(self.folds.folds):
+            if budgeted and i and (time.monotonic() - started) / i * (n - i) > self.time_left():
+                yield None
+                return
+            yield fit_fold(estimator, fold, self.task, self.folds.classes, self.metrics)
 
     def _keep_best_models(self) -> None:
         """Fold models cost memory: only the best few candidates keep theirs."""
@@ -264,23 +312,41 @@ class Search:
                 )
                 self._seed_study(studies[family.name], family)
         turns_taken = {f.name: 0 for f in tunable}
+        # Trials are asked for up to `parallel` ahead and told back in the order asked, so a
+        # fixed number of trials with one seed gives the same trials wherever they run.
+        in_flight: deque[tuple[Any, Family, Any, Params, Any]] = deque()
         while True:
-            if fixed_trials is not None:
-                if self.trials >= fixed_trials:
-                    return
-                candidates = tunable
-            else:
-                left = self.time_left()
-                candidates = [f for f in tunable if self.cost(f) < left]
-                if not candidates:
-                    return
-            # Portfolio configurations first (they are strong where the defaults are not),
-            # then turns by standing.
-            pending = [f for f in candidates if turns_taken[f.name] < len(f.portfolio)]
-            family = pending[0] if pending else self.next_family(candidates, turns_taken)
-            turns_taken[family.name] += 1
-            self.trials += 1
-            self._optuna_trial(studies[family.name], family, budgeted=fixed_trials is None)
+            while len(in_flight) < self.parallel:
+                next_up = self._next_turn(tunable, turns_taken, fixed_trials)
+                if next_up is None:
+                    break
+                turns_taken[next_up.name] += 1
+                self.trials += 1
+                study = studies[next_up.name]
+                trial = study.ask()
+                config = self._space(next_up, trial)
+                in_flight.append((study, next_up, trial, config, self.launch(next_up, config)))
+            if not in_flight:
+                return
+            self._optuna_trial(*in_flight.popleft(), budgeted=fixed_trials is None)
+
+    def _next_turn(
+        self, tunable: list[Family], turns_taken: dict[str, int], fixed_trials: int | None
+    ) -> Family | None:
+        """The family the next trial goes to, or None when the search is over."""
+        if fixed_trials is not None:
+            if self.trials >= fixed_trials:
+                return None
+            candidates = tunable
+        else:
+            left = self.time_left()
+            candidates = [f for f in tunable if self.cost(f) < left]
+            if not candidates:
+                return None
+        # Portfolio configurations first (they are strong where the defaults are not),
+        # then turns by standing.
+        pending = [f for f in candidates if turns_taken[f.name] < len(f.portfolio)]
+        return pending[0] if pending else self.next_family(candidates, turns_taken)
 
     def _space(self, family: Family, trial: Any) -> Params:
         assert family.space is not None
@@ -310,17 +376,18 @@ class Search:
             )
             study.enqueue_trial({**config, **weight}, skip_if_exists=True)
 
-    def _optuna_trial(self, study: Any, family: Family, budgeted: bool) -> None:
+    def _optuna_trial(
+        self, study: Any, family: Family, trial: Any, config: Params, launched: Any, budgeted: bool
+    ) -> None:
         import optuna
-
-        trial = study.ask()
-        config = self._space(family, trial)
 
         def report(step: int, value: float) -> bool:
             trial.report(value, step)
             return bool(trial.should_prune())
 
-        result = self.evaluate(family, trial.number, config, report=report, budgeted=budgeted)
+        result = self.evaluate(
+            family, trial.number, config, report=report, budgeted=budgeted, launched=launched
+        )
         if result.status == "ok":
             study.tell(trial, self.sign * result.mean(self.metric))
         elif result.status == "pruned":
@@ -380,21 +447,24 @@ def run_search(
     reserve: Callable[[list[CandidateResult]], float] | None = None,
     target_transform: str | None = None,
     fixed: dict[str, Params] | None = None,
+    compute: ComputeConfig | None = None,
 ) -> SearchResult:
     """Defaults, then the configured search, then the ensemble: see the module docstring."""
-    search = Search(
-        families,
-        folds,
-        task,
-        metric,
-        training,
-        deadline,
-        class_weight,
-        on_event,
-        reserve,
-        target_transform,
-        fixed,
-    )
+    args = (families, folds, task, metric, training, deadline, class_weight, on_event, reserve)
+    if compute is not None and compute.engine == "ray":
+        from shipml.training import distributed
+
+        with distributed.connect(compute) as cluster:
+            search: Search = distributed.RaySearch(
+                cluster, *args, target_transform, fixed, parallel=compute.parallel_trials
+            )
+            return _searched(search, training, grid)
+    return _searched(Search(*args, target_transform, fixed), training, grid)
+
+
+def _searched(
+    search: Search, training: TrainingConfig, grid: dict[str, dict[str, list[Any]]] | None
+) -> SearchResult:
     search.run_defaults()
     if training.search == "optuna":
         search.run_optuna(training.trials)
@@ -402,8 +472,8 @@ def run_search(
         search.run_grid(grid)
     if training.ensemble:
         search.run_ensemble()
-    board = Leaderboard(metric=metric, metrics=search.metrics, results=search.results)
-    return SearchResult(board, folds, search.history(), search.trials)
+    board = Leaderboard(metric=search.metric, metrics=search.metrics, results=search.results)
+    return SearchResult(board, search.folds, search.history(), search.trials)
 
 
 def _plain_params(estimator: Any) -> dict[str, Any]:

@@ -456,6 +456,10 @@ def train(
     if budget <= 0:
         raise TrainingError(f"time budget must be positive (got {budget})", "pass a number > 0")
     deadline = started + budget - max(_FIXED_OVERHEAD_S, 0.05 * budget)
+    if config.compute.engine == "ray":  # no Ray or no cluster: say so before reading the data
+        from shipml.training import distributed
+
+        distributed.preflight(config.compute)
     prepared = prepare_data(config, root, data, emit)
     schema, metric = prepared.schema, prepared.metric
     families = families_for(
@@ -551,6 +555,7 @@ def train(
                 reserve=reserve,
                 target_transform=target_transform,
                 fixed=fixed,
+                compute=config.compute,
             )
         leaderboard = search.leaderboard
         recorder.log_dict(leaderboard.to_records(), "leaderboard/leaderboard.json")
