@@ -104,3 +104,42 @@ def test_train_then_reproduce_refuse_warn_and_detect_tampering(tmp_path: Path) -
     for args in (("models", "--version", "1", "--manifest"), ("reproduce", "1")):
         result = run_cli(*args, "-c", config)
         assert result.exit_code == 2 and "manifest was changed after registration" in result.all
+
+
+NET = """
+import keras
+
+
+def build_model(n_features, n_outputs, task):
+    inputs = keras.Input(shape=(n_features,))
+    hidden = keras.layers.Dense({width}, activation="relu")(inputs)
+    outputs = keras.layers.Dense(n_outputs, activation="softmax")(hidden)
+    return keras.Model(inputs, outputs)
+"""
+
+
+@pytest.mark.slow
+def test_a_rebuild_that_differs_is_exit_1_with_the_differences(tmp_path: Path) -> None:
+    """The user's build_model file changed after training: the same data and config no longer
+    give the same model, and reproduce says so."""
+    (tmp_path / "net.py").write_text(NET.format(width=16))
+
+    def edit(raw: dict) -> None:
+        raw["training"].update(
+            models=["keras"],
+            baselines=False,
+            trials=0,
+            cv=2,
+            ensemble=False,
+            params={"keras": {"build_model": "net.py", "max_epochs": 5}},
+        )
+
+    config = make_project(tmp_path, breast_cancer_frame(), "diagnosis", edit)
+    assert run_cli("train", "-c", config).exit_code == 0
+    (tmp_path / "net.py").write_text(NET.format(width=48))
+    result = run_cli("reproduce", "1", "-c", config, "--out", tmp_path / "rebuild")
+    said = " ".join(result.all.split())
+    assert result.exit_code == 1, said
+    assert "not reproduced within 1e-06 (reproduce.tolerance)" in said
+    assert "largest probability difference" in said and " 0 predictions differ" not in said
+    assert Project.load(config).champion() == 1
