@@ -26,8 +26,8 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-test: lint  ## lint, type-check and run every test
-	$(BIN)/pytest
+test: lint  ## lint, type-check and run every test (two workers; tests sharing a fixture stay together)
+	$(BIN)/pytest -n 2 --dist loadgroup --durations=25
 
 test-fast: install  ## the tests that train no models end to end
 	$(BIN)/pytest -m "not slow and not integration"

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# shipml's console fixes its width when imported: COLUMNS if set, else 120 for captured output.
+# pytest-xdist workers inherit COLUMNS=80 (and LINES=24) that importing readline put in their
+# parent's C environment, and tables printed 80 wide wrap the names the tests look for.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist every core already runs a worker. OpenMP code whose thread count is not
+    # set by shipml (scikit-learn's histogram gradient boosting) would start a thread per core in
+    # each worker; on a busy machine its many short parallel regions then wait on each other and
+    # run several times slower than on one thread. Families with an n_jobs keep theirs.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +31,22 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from typer.testing import CliRunner
 
 from shipml.cli import app
+
+
+def _keep_absl_off_the_capture_file() -> None:
+    """absl (Keras imports it) makes a logging handler on the sys.stderr of that moment, which
+    under pytest is pytest's capture file. An in-process ``logging.config.dictConfig`` (uvicorn's,
+    when `shipml quickstart` serves the champion) closes every handler, and absl's close() closes
+    its stream unless it is sys.stderr right then: inside CliRunner it is not, and every later
+    test in the process fails on the closed file. absl writes nothing there unless its app runs."""
+    try:
+        import absl.logging
+    except ImportError:
+        return
+    absl.logging.get_absl_handler().python_handler.setStream(sys.__stderr__)
+
+
+_keep_absl_off_the_capture_file()
 
 
 @dataclass
@@ -105,6 +133,55 @@ def make_project(
         edit(raw)
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     return config
+
+
+def _shared_fixture_groups(items: list[pytest.Item]) -> dict[str, str]:
+    """Test id -> group for the tests that share a fixture of this suite beyond one test (most
+    train a model): a module with a module-scoped fixture is one group, so its tests also keep
+    their order; the tests using a session-scoped fixture form one group named after it."""
+    modules: set[str] = set()
+    sessions: dict[str, str] = {}
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        for name, definitions in (info.name2fixturedefs if info else {}).items():
+            fixture = definitions[-1]  # the one the test gets
+            if not fixture.func.__module__.startswith("tests."):
+                continue  # pytest's own (tmp_path_factory, ...) and plugins'
+            if fixture.scope == "module":
+                modules.add(item.nodeid.split("::")[0])
+            elif fixture.scope == "session":
+                sessions.setdefault(item.nodeid, name)
+    groups = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        group = module if module in modules else sessions.get(item.nodeid)
+        if group is not None:
+            groups[item.nodeid] = group
+    return groups
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist with ``--dist loadgroup``, each group of tests sharing a fixture runs
+    on one worker (see ``_shared_fixture_groups``), so the fixture is built once, not once per
+    worker; a test's own ``xdist_group`` mark wins.
+
+    xdist 3.8 passes a test's group to its scheduler by appending '@group' to the test's id, in
+    an attribute pytest 9.2 no longer reads, so no test would be grouped at all
+    (pytest-dev/pytest-xdist#1386): until a release fixes it, the id is extended here."""
+    if not getattr(config.option, "loadgroup", False):  # set on xdist's workers only
+        return
+    shared = _shared_fixture_groups(items)
+    for item in items:
+        marks = item.iter_markers("xdist_group")
+        names = sorted({str(m.args[0] if m.args else m.kwargs["name"]) for m in marks})
+        if not names and item.nodeid in shared:
+            names = [shared[item.nodeid]]
+        suffix = "@" + "_".join(names)
+        if names and not item.nodeid.endswith(suffix):  # xdist's own rename did not take
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(item.nodeid + suffix)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,10 +18,29 @@ import requests
 SHIPML = str(Path(sys.executable).with_name("shipml"))
 
 
+# Ports for the servers the tests start come from below Linux's ephemeral range (32768-60999),
+# where the kernel picks the local ports of outgoing connections: a port found free there could
+# be taken by some client's connection before the server (seconds later) binds it. Each
+# pytest-xdist worker draws from its own slice, so two workers never pick the same port.
+PORTS = range(20000, 32000)
+_handed_out: set[int] = set()  # not yet bound, perhaps: never hand a port out twice
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    size = len(PORTS) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    start = PORTS.start + worker * size
+    for port in random.sample(range(start, start + size), 200):
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise AssertionError(f"no free port in {start}-{start + size - 1}")
 
 
 class Server:

@@ -143,6 +143,11 @@ def test_binary_full_loop(tmp_path: Path) -> None:
     saved = sorted((project.root / ".shipml" / "reports").glob("evaluation-v1-*.json"))
     assert saved and json.loads(saved[-1].read_text())["metrics"]["accuracy"] > 0.8
 
+    # A second training registers a challenger beside the champion, whatever it trains: one
+    # family without a search keeps it short.
+    raw = yaml.safe_load(config.read_text())
+    raw["training"].update(models=["lightgbm"], trials=0, ensemble=False)
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
     second = run_cli("train", "-c", config)
     assert second.exit_code == 0, second.all
     assert "challenger" in second.output
@@ -200,7 +205,8 @@ def test_regression(tmp_path: Path) -> None:
 
 
 def test_quickstart_runs_the_whole_loop_on_demo_data(tmp_path: Path) -> None:
-    result = run_cli("quickstart", "--dir", tmp_path / "qs", "--time-budget", "20")
+    # Each of the four trainings (two per run) searches until its budget is spent.
+    result = run_cli("quickstart", "--dir", tmp_path / "qs", "--time-budget", "10")
     assert result.exit_code == 0, result.all
     folder = tmp_path / "qs"
     scored = pd.read_csv(folder / "scored.csv")
@@ -230,7 +236,7 @@ def test_quickstart_runs_the_whole_loop_on_demo_data(tmp_path: Path) -> None:
     # A rerun (a new process, as a user runs it) resets the demo folder.
     shipml = str(Path(sys.executable).parent / "shipml")
     again = subprocess.run(
-        [shipml, "quickstart", "--dir", str(folder), "--time-budget", "20"],
+        [shipml, "quickstart", "--dir", str(folder), "--time-budget", "10"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -304,7 +310,7 @@ def test_git_commit_and_environment_are_tracked(tmp_path: Path) -> None:
         tmp_path,
         wine_frame(),
         "cultivar",
-        edit=lambda raw: raw["training"].update(models=["random_forest"]),
+        edit=lambda raw: raw["training"].update(models=["random_forest"], trials=0),
     )
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
@@ -334,9 +340,10 @@ def test_integer_labels(tmp_path: Path) -> None:
     result = run_cli("train", "-c", config)
     assert result.exit_code == 0, result.all
     project = Project.load(config)
-    statuses = {
-        r["model"]: r["status"] for r in project.train(time_budget=60).leaderboard.to_records()
-    }
+    run_id = project.models()[0].run_id
+    board = project.store.client.download_artifacts(run_id, "leaderboard", str(tmp_path))
+    records = json.loads((Path(board) / "leaderboard.json").read_text())
+    statuses = {r["model"]: r["status"] for r in records}
     defaults = {name: status for name, status in statuses.items() if "#" not in name}
     assert defaults.pop("ensemble", "ok") == "ok"
     assert defaults == {"majority": "ok", "logistic_regression": "ok", "lightgbm": "ok"}

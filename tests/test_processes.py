@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from shipml.project import Project
 from tests.conftest import breast_cancer_frame, make_project, run_cli
+from tests.serving_helpers import free_port
 
 SHIPML = str(Path(sys.executable).parent / "shipml")
 COMMANDS = [
@@ -29,13 +29,12 @@ COMMANDS = [
     "rollback",
     "ui",
     "quickstart",
+    "serve",
+    "monitor",
+    "retrain",
+    "schedule",
+    "reproduce",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -53,7 +52,14 @@ def test_console_script_runs() -> None:
 
 @pytest.mark.slow
 def test_sigkill_mid_train_leaves_champion_and_rerun_succeeds(tmp_path: Path) -> None:
-    config = make_project(tmp_path, breast_cancer_frame(), "diagnosis")
+    # One family without a search: the kill comes as the first candidate is logged, seconds
+    # before the training could end.
+    config = make_project(
+        tmp_path,
+        breast_cancer_frame(),
+        "diagnosis",
+        lambda raw: raw["training"].update(models=["lightgbm"], trials=0),
+    )
     assert run_cli("train", "-c", config).exit_code == 0
     project = Project.load(config)
     client, experiment = project.store.client, project.store.experiment_id
@@ -103,7 +109,7 @@ def test_sigkill_mid_train_leaves_champion_and_rerun_succeeds(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_ui_serves_the_project_store(trained_binary: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [SHIPML, "ui", "-c", str(trained_binary), "--port", str(port)],
         stdout=subprocess.DEVNULL,

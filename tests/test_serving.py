@@ -328,6 +328,7 @@ def test_champion_swap_without_a_failed_request(tmp_path: Path) -> None:
     def edit(raw: dict) -> None:
         raw["features"]["exclude"] = ["customer_id"]
         raw["training"].update(models=["random_forest"], trials=0, ensemble=False)
+        raw["training"]["params"] = {"random_forest": {"n_estimators": 50}}  # trained twice
         raw["serving"] = {"reload_interval_s": 0.5}
 
     config = make_project(tmp_path, _customers(), "churned", edit)
@@ -379,6 +380,7 @@ def test_ready_is_503_until_a_champion_exists_then_it_is_picked_up(tmp_path: Pat
     def edit(raw: dict) -> None:
         raw["features"]["exclude"] = ["customer_id"]
         raw["training"].update(models=["random_forest"], baselines=False, trials=0)
+        raw["training"]["params"] = {"random_forest": {"n_estimators": 50}}
         raw["serving"] = {"reload_interval_s": 0.5}
 
     config = make_project(tmp_path, _customers(), "churned", edit)

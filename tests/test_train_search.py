@@ -32,7 +32,8 @@ def _child_runs(project: Project, run_id: str) -> list:
 
 def test_fixed_trials_reproduce_the_same_model(tmp_path: Path) -> None:
     def edit(raw: dict) -> None:
-        raw["training"].update(trials=4, models=["lightgbm", "random_forest"])
+        # Two folds (six with the repeats of a small table) are enough to tell runs apart.
+        raw["training"].update(trials=4, models=["lightgbm", "random_forest"], cv=2)
 
     results = []
     for name in ("a", "b"):
@@ -59,7 +60,12 @@ def test_fixed_trials_reproduce_the_same_model(tmp_path: Path) -> None:
 
 
 def test_cli_trials_option_overrides_the_config(tmp_path: Path) -> None:
-    config = make_project(tmp_path, breast_cancer_frame(), "diagnosis")
+    config = make_project(
+        tmp_path,
+        breast_cancer_frame(),
+        "diagnosis",
+        lambda raw: raw["training"].update(models=["lightgbm"]),
+    )
     result = run_cli("train", "-c", config, "--trials", "1")
     assert result.exit_code == 0, result.all
     assert "1 search trials" in result.output
