@@ -173,7 +173,8 @@ def test_sql_source_extracts_only_rows_past_the_watermark(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_the_whole_loop_drift_retrain_gate_promote_hot_swap(tmp_path: Path) -> None:
-    config = _config(tmp_path, {"monitoring": {"retrain_on_drift": True, "window": 200}})
+    monitoring = {"retrain_on_drift": True, "window": 200, "drift_share": 0.3}
+    config = _config(tmp_path, {"monitoring": monitoring})
     drifted = world(300, 7, shift=3.0, flipped=True)
     rows = json.loads(drifted.drop(columns=["label"]).to_json(orient="records"))
     with Server(config) as running, _Load(running, rows) as load:
