@@ -4,12 +4,14 @@ fails fails the run, promote never runs, and it stays registered, marked failed.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -152,18 +154,12 @@ def test_the_exported_dag_parses_in_airflow(tmp_path: Path, airflow_home: Path) 
     path = dags / f"{dag}.py"
     assert [p.name for p in dags.iterdir()] == [path.name] and str(path) in result.all
     source = path.read_text()
-    assert "from airflow.sdk import DAG" in source and f'CONFIG = "{config.resolve()}"' in source
+    assert "from airflow.sdk import DAG" in source and _constant(source, "CONFIG") == str(
+        config.resolve()
+    )
     assert 'CONFIG_VARIABLE = "shipml_churn_v2_eu_config"' in source
     assert 'CronTriggerTimetable("0 3 * * 1", timezone="UTC")' in source
-    ruff = [str(BIN / "ruff"), "--isolated", "--line-length", "100"]
-    for check in (["check", "--select", "E,F,W,I,B,UP,SIM,RUF"], ["format", "--check"]):
-        lint = subprocess.run(
-            [ruff[0], check[0], *ruff[1:], *check[1:], str(path)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert lint.returncode == 0, lint.stdout + lint.stderr
+    _assert_lint_clean(path)
 
     listed = airflow(
         airflow_home,
@@ -178,6 +174,47 @@ def test_the_exported_dag_parses_in_airflow(tmp_path: Path, airflow_home: Path) 
     [info] = listed_dags
     assert info["dag_id"] == dag and info["fileloc"] == str(path)
     assert info["timetable_summary"] == "0 3 * * 1" and str(info["max_active_runs"]) == "1"
+
+
+def _constant(source: str, name: str) -> object:
+    """The value the module-level assignment ``name = <literal>`` gives."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == [name]:
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"no {name} = ... in the source")
+
+
+def _assert_lint_clean(path: Path) -> None:
+    ruff = [str(BIN / "ruff"), "--isolated", "--line-length", "100"]
+    for check in (["check", "--select", "E,F,W,I,B,UP,SIM,RUF"], ["format", "--check"]):
+        lint = subprocess.run(
+            [ruff[0], check[0], *ruff[1:], *check[1:], str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+@pytest.mark.parametrize(("width", "wrapped"), [(40, False), (104, True), (200, False)])
+def test_the_dag_file_is_lint_clean_whatever_the_projects_path_length(
+    width: int, wrapped: bool
+) -> None:
+    # CONFIG = "<path>" of ``width`` columns: fits on its line; fits only in parentheses on a
+    # line of its own, as ruff formats it; fits nowhere, so ruff leaves it on one line.
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="d") as tmp:
+        name_width = width - len(f'CONFIG = "{tmp}//shipml.yaml"')
+        folder = Path(tmp, "f" * name_width)
+        config = _project(folder, "churn", batch(60, 1))
+        out = Path(tmp) / "dags"
+        result = run_cli("export", "airflow", "--out", out, "-c", config)
+        assert result.exit_code == 0, result.all
+        [path] = out.iterdir()
+        source = path.read_text()
+        assert _constant(source, "CONFIG") == str(config.resolve())
+        assert len(f'CONFIG = "{config.resolve()}"') == width
+        assert ("CONFIG = (\n    " in source) == wrapped
+        _assert_lint_clean(path)
 
 
 def test_a_bad_schedule_is_a_config_error(tmp_path: Path) -> None:

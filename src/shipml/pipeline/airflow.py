@@ -33,6 +33,7 @@ T = TypeVar("T", bound="StepResult")
 
 CONFIG_ENV = "SHIPML_CONFIG"  # as `shipml serve` reads it
 _FLOAT = "float"  # {"float": "nan"}: a non-finite number in XCom
+_LINE_LENGTH = 100  # ruff format's line length in the exported file's lint check
 
 
 def _slug(name: str) -> str:
@@ -55,6 +56,20 @@ def _literal(value: str) -> str:
     """A Python string literal of ``value``, double-quoted as ruff formats it (JSON's escapes
     are Python's; non-ASCII stays as it is, so no character becomes a surrogate pair)."""
     return json.dumps(value, ensure_ascii=False)
+
+
+def _config_line(path: str) -> str:
+    """``CONFIG = "<path>"`` as ruff formats it: on one line where that fits in 100 columns;
+    else the literal in parentheses, on a line of its own, where that fits; else (parentheses
+    would not help) on one line again, too long for E501."""
+    literal = _literal(path)
+    line = f"CONFIG = {literal}"
+    if len(line) <= _LINE_LENGTH:
+        return line
+    noqa = "# noqa: E501, RUF100 - the path is longer than a line"
+    if len(literal) + 4 <= _LINE_LENGTH:
+        return f"CONFIG = (\n    {literal}  {noqa}\n)"
+    return f"{line}  {noqa}"
 
 
 @lru_cache(maxsize=1)
@@ -80,7 +95,7 @@ def dag_source(project: Project, start: datetime | None = None) -> str:
         name=name,
         dag_id=dag_id(name),
         description=f"Retrain shipml project '{name}' and promote what passes the gate",
-        config=project.path.resolve().as_posix(),
+        config_line=_config_line(project.path.resolve().as_posix()),
         variable=config_variable(name),
         config_env=CONFIG_ENV,
         schedule=project.config.retrain.schedule,
