@@ -27,6 +27,7 @@ from shipml.models.fastpath import (
     datetime_parts,
     frame_columns,
     record_columns,
+    value_columns,
     verify,
 )
 from shipml.training.folds import prepare_folds
@@ -390,3 +391,124 @@ def test_records_convert_as_coerce_frame_does(
         record_columns([{k: v for k, v in base.items() if k != "plan"}], churn.schema)
     with pytest.raises(InputSchemaError, match="infinite"):
         fast.outputs(record_columns([{**base, "income": float("inf")}], churn.schema))
+
+
+# -- whole columns at once ----------------------------------------------------------------------
+
+_MIXES: dict[str, list[list[Any]]] = {
+    "numeric": [
+        [1.5, 2, None, -0.0, 1e300],
+        [None, None],
+        [True, False, None],  # (plain booleans in a numeric column: 1.0 and 0.0)
+        [1.5, "2.5", None],  # a string: shipml's full coercion
+        [3, 10**400],  # past float's range: as the one-by-one loop reports it
+        [float("nan"), 1],
+    ],
+    "boolean": [
+        [True, False, None],
+        [True, 1, 0, None],
+        ["yes", "No", True],
+        [None, None],
+    ],
+    "categorical": [
+        ["basic", "pro", "basic", "pro"],
+        ["basic", "", "  ", None, "basic"],
+        ["a", 3, 3.0, 2.5, None, float("nan")],
+        [True, 1, 1.0, "1", False, 0],  # True and 1 are equal keys, not equal categories
+        [np.int64(3), "3"],
+    ],
+}
+
+
+@pytest.mark.parametrize("role", sorted(_MIXES))
+def test_whole_columns_convert_as_value_by_value(role: str) -> None:
+    from shipml.models import fastpath
+
+    for values in _MIXES[role]:
+        try:
+            expected = fastpath._values_one_by_one(values, role)
+        except OverflowError as err:
+            with pytest.raises(OverflowError, match=str(err)):
+                fastpath._fast_values(values, role)
+            continue
+        got = fastpath._fast_values(values, role)
+        if expected is None:
+            assert got is None, values
+            continue
+        assert got is not None and got.dtype == expected.dtype, values
+        assert _same_columns({"c": got}, {"c": expected}), (values, got, expected)
+        if role == "categorical":  # the same strings, not only equal ones
+            assert [type(v) for v in got] == [type(v) for v in expected], values
+
+
+def test_a_batch_one_hot_encodes_as_row_by_row(
+    churn: Table, forest_model: tuple[BaggedEnsemble, FastPredictor]
+) -> None:
+    # Many rows take the lookup per distinct value; one row the loop: the same matrix.
+    _, fast = forest_model
+    X = churn.X_test.copy()
+    X.loc[X.index[:5], "plan"] = "never seen"
+    X.loc[X.index[5:10], "region"] = np.nan
+    columns = frame_columns(coerce_frame(X, churn.schema), fast.input_columns)
+    n = len(X)
+    for pre in fast.preprocessors:
+        whole = pre.transform(columns, n)
+        rows = np.vstack(
+            [pre.transform({k: v[i : i + 1] for k, v in columns.items()}, 1) for i in range(n)]
+        )
+        assert np.array_equal(whole, rows, equal_nan=True)
+
+
+def test_batches_scored_on_more_threads_give_the_same_outputs(
+    churn: Table, forest_model: tuple[BaggedEnsemble, FastPredictor]
+) -> None:
+    from shipml.models.fastpath import THREADED_ROWS
+
+    _, fast = forest_model
+    threaded = FastPredictor.from_bytes(fast.to_bytes())
+    threaded.use_threads_for_batches(2)
+    assert threaded._batch_session is not None
+    X = pd.concat([churn.X_test] * (THREADED_ROWS // len(churn.X_test) + 1), ignore_index=True)
+    columns = frame_columns(coerce_frame(X, churn.schema), fast.input_columns)
+    assert len(X) >= THREADED_ROWS
+    assert np.array_equal(threaded.outputs(columns), fast.outputs(columns))
+
+
+@pytest.mark.parametrize("features", [RARE, FeaturesConfig()], ids=["infrequent", "plain"])
+def test_one_row_by_name_scores_as_the_columns_do(features: FeaturesConfig) -> None:
+    # The serving path's single row skips value_columns: the same numbers, bit for bit.
+    df = generate_customers(700, 5).drop(columns=["signup_date", "customer_id"])
+    table = Table(df, "churned", features, 500)
+    members = {"random_forest": table.fit("random_forest"), "logistic_regression": None}
+    members["logistic_regression"] = table.fit("logistic_regression")
+    ensemble = table.ensemble(members)
+    fast, reason = FastPredictor.build(ensemble, table.schema)
+    assert fast is not None, reason
+    records = json.loads(df.drop(columns=["churned"]).iloc[500:600].to_json(orient="records"))
+    for record in records:  # as the request models validate "yes" and "no"
+        record["has_partner"] = {"yes": True, "no": False}.get(record["has_partner"])
+    records += [
+        {**records[0], "plan": None, "region": "", "age": None, "has_partner": None},
+        {**records[1], "plan": "never seen", "region": "  ", "income": 0},
+        {**records[2], "plan": 3, "household_size": 2, "has_partner": False},
+        {**records[3], "region": 2.5, "monthly_charges": float("nan")},
+        {**records[4], "has_partner": True, "tenure_months": -0.0},
+    ]
+    for record in records:
+        one = fast.outputs_one(record)
+        assert one is not None, record
+        columns = value_columns({c: [record[c]] for c in fast.input_columns}, table.schema)
+        assert np.array_equal(one, fast.outputs(columns)), record
+    with pytest.raises(InputSchemaError, match="infinite"):
+        fast.outputs_one({**records[0], "income": float("inf")})
+    assert fast.outputs_one({**records[0], "age": "41"}) is None  # not validated: the long way
+    assert fast.outputs_one({**records[0], "plan": ["basic"]}) is None
+
+
+def test_one_row_with_a_datetime_takes_the_columns(
+    churn: Table, forest_model: tuple[BaggedEnsemble, FastPredictor]
+) -> None:
+    _, fast = forest_model
+    assert "datetime" in fast.input_columns.values()
+    record = {c: None for c in fast.input_columns}
+    assert fast.outputs_one(record) is None

@@ -376,6 +376,39 @@ def test_a_tampered_fast_copy_is_refused_and_the_native_model_serves(
     assert registry.load_fast(project.store, 1) == blob  # fetched again from the registry
 
 
+def test_with_a_fast_copy_the_native_model_is_verified_but_not_loaded(
+    served_project: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    from shipml import registry
+    from shipml.errors import RegistryError
+    from shipml.serving.app import ServedModel
+
+    project = Project.load(served_project)
+    served = ServedModel.load(project.store, 1, MAX_BATCH)
+    native = registry.load(project.store, 1)
+    assert served.inference == "fast" and served.pipeline is None
+    assert served.classes == list(native.pipeline.classes_)
+    assert served.threshold == native.pipeline.threshold
+    # Nor is skops imported (seconds of a server's start).
+    code = (
+        "import sys; from shipml import Project; from shipml.serving.app import ServedModel; "
+        f"p = Project.load({str(served_project)!r}); m = ServedModel.load(p.store, 1, 5); "
+        "print(m.inference, 'skops.io' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.stdout.split() == ["fast", "False"], done.stderr[-2000:]
+    # The model file is still checked against its registered checksum.
+    cache = served_project.parent / ".shipml" / "cache"
+    model_file = next(p for p in cache.glob("*/1/*") if p.suffix == ".skops")
+    model_file.write_bytes(model_file.read_bytes() + b" ")
+    with pytest.raises(RegistryError, match="checksum does not match"):
+        ServedModel.load(project.store, 1, MAX_BATCH)
+    assert ServedModel.load(project.store, 1, MAX_BATCH).inference == "fast"  # fetched again
+
+
 def test_ready_is_503_until_a_champion_exists_then_it_is_picked_up(tmp_path: Path) -> None:
     def edit(raw: dict) -> None:
         raw["features"]["exclude"] = ["customer_id"]

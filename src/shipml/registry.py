@@ -557,12 +557,11 @@ def load_schema(store: Store, ref: str | int = CHAMPION) -> Schema:
     return Schema.from_dict(meta["schema"])
 
 
-def load(store: Store, ref: str | int = CHAMPION) -> LoadedModel:
-    """Load a registered version from the project's registry, verified and without pickle."""
-    import skops.io as sio
-
-    from shipml.features import trusted_types_for
-
+def load(store: Store, ref: str | int = CHAMPION, native: bool = True) -> LoadedModel:
+    """Load a registered version from the project's registry, verified and without pickle.
+    With ``native=False`` the model file is checked against its checksum but not read: the
+    pipeline is None (a server with a fast copy needs only the schema and metadata, and skips
+    skops' import, seconds long)."""
     version = resolve(store, ref)
     mv = _get_version(store, version)
     expected_sha = (mv.tags or {}).get(_SHA_TAG)
@@ -585,8 +584,14 @@ def load(store: Store, ref: str | int = CHAMPION) -> LoadedModel:
             f"({actual_sha[:12]} != {expected_sha[:12]})",
             "the artifact was changed after registration; retrain or restore it",
         )
-    trusted = trusted_types_for(sio.get_untrusted_types(file=str(model_file)))
-    pipeline = sio.load(str(model_file), trusted=trusted)
+    pipeline = None
+    if native:
+        import skops.io as sio
+
+        from shipml.features import trusted_types_for
+
+        trusted = trusted_types_for(sio.get_untrusted_types(file=str(model_file)))
+        pipeline = sio.load(str(model_file), trusted=trusted)
     meta = dict((mlmodel.get("metadata") or {}).get("shipml", {}))
     schema = Schema.from_dict(meta.pop("schema"))
     return LoadedModel(version=version, pipeline=pipeline, schema=schema, metadata=meta)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -23,6 +24,36 @@ from prometheus_client import (
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 ERROR_KINDS = ("bad_request", "body_too_large", "not_ready", "unsupported_media_type", "internal")
+
+
+def observe_many(histogram: Any, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every v in ``values`` but NaN (no confidence), as one
+    increment per bucket: a 1,000-row batch's confidences in microseconds instead of
+    milliseconds. Uses the child's bucket and sum values, as prometheus_client's own
+    ``observe`` does; where a version lays them out otherwise, observes one value at a time."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if (
+        len(values) < 32  # (numpy's calls cost more than a few observes)
+        or bounds is None
+        or buckets is None
+        or total is None
+        or len(bounds) != len(buckets)
+    ):
+        for value in values.tolist():
+            if value == value:
+                histogram.observe(value)
+        return
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return
+    # The first bound >= v, as observe's `amount <= bound`; the last bound is +Inf.
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    total.inc(float(values.sum()))
+    for index in np.flatnonzero(counts).tolist():
+        buckets[index].inc(int(counts[index]))
 
 
 def multiprocess_dir() -> str | None:

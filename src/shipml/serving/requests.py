@@ -10,8 +10,12 @@ scored as the encoder scores unseen values; null is a missing value, imputed as 
 from __future__ import annotations
 
 import math
+import operator
+import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
+import msgspec
 import pandas as pd
 from pydantic import (
     AllowInfNan,
@@ -198,6 +202,33 @@ class RequestModels:
             )
 
         self.batch = BatchRequest
+        self._fast_batch, self._fast_predict = _fast_decoders(schema, self.columns, max_batch_rows)
+        names = [f"c{i}" for i in range(len(self.columns))]
+        self._row_values: Callable[[Any], tuple[Any, ...]] = (
+            operator.attrgetter(*names) if len(names) > 1 else lambda row: (row.c0,)
+        )
+
+    def fast_values(self, body: bytes) -> list[list[Any]] | None:
+        """A /predict/batch body as one list of values per column, parsed and checked in one
+        pass by msgspec, or None: then the body goes through the pydantic models, which accept
+        the lenient forms (a row as a list, "yes" for true) and name what is wrong."""
+        if self._fast_batch is None:
+            return None
+        try:
+            rows = self._fast_batch.decode(body).instances
+        except msgspec.MsgspecError:
+            return None
+        return [list(column) for column in zip(*map(self._row_values, rows), strict=True)]
+
+    def fast_row(self, body: bytes) -> list[list[Any]] | None:
+        """A /predict body as one one-value list per column, or None (as ``fast_values``)."""
+        if self._fast_predict is None:
+            return None
+        try:
+            row = self._fast_predict.decode(body).features
+        except msgspec.MsgspecError:
+            return None
+        return [[value] for value in self._row_values(row)]
 
     def row(self, features: BaseModel) -> list[Any]:
         """One validated row's values in column order."""
@@ -208,6 +239,37 @@ class RequestModels:
         """Validated rows as one list of values per column, in column order."""
         dicts = [row.__dict__ for row in rows]
         return [[d[f"c{i}"] for d in dicts] for i in range(len(self.columns))]
+
+
+_FINITE = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+_FAST_TYPES: dict[str, Any] = {
+    "numeric": _FINITE | None,  # ints are read as floats; not NaN, inf, bools or strings
+    "boolean": bool | None,
+    "categorical": str | int | _FINITE | None,
+}
+
+
+def _fast_decoders(
+    schema: Schema, columns: list[str], max_rows: int
+) -> tuple[msgspec.json.Decoder[Any] | None, msgspec.json.Decoder[Any] | None]:
+    """msgspec's decoders of the strict forms of /predict/batch and /predict bodies (every
+    row an object with every column, values of the column's JSON type), which accept no body
+    that the pydantic models refuse and read each the same; None where a column needs pydantic
+    (date/time text is parsed there) or /predict takes an image."""
+    if not columns or any(schema.columns[c].role not in _FAST_TYPES for c in columns):
+        return None, None
+    row = msgspec.defstruct(
+        "Row",
+        [(f"c{i}", _FAST_TYPES[schema.columns[c].role]) for i, c in enumerate(columns)],
+        rename={f"c{i}": c for i, c in enumerate(columns)},
+        forbid_unknown_fields=True,
+    )
+    instances = Annotated[list[row], msgspec.Meta(min_length=1, max_length=max_rows)]  # type: ignore[valid-type]
+    batch = msgspec.defstruct("Batch", [("instances", instances)], forbid_unknown_fields=True)
+    predict = msgspec.defstruct("Predict", [("features", row)], forbid_unknown_fields=True)
+    return msgspec.json.Decoder(batch), (
+        None if schema.image is not None else msgspec.json.Decoder(predict)
+    )
 
 
 def _image_decoder(image: dict[str, Any]) -> tuple[Any, str]:

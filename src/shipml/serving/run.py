@@ -16,7 +16,7 @@ from typing import Any
 from shipml import registry
 from shipml.errors import ConfigError
 from shipml.project import Project
-from shipml.serving.app import CONFIG_ENV
+from shipml.serving.app import CONFIG_ENV, WORKERS_ENV
 
 FACTORY = "shipml.serving.app:app_from_env"
 
@@ -36,6 +36,7 @@ def check_port(host: str, port: int) -> None:
 def prepare(project: Project, workers: int) -> str | None:
     """Environment for the workers; returns a warning to show, if any."""
     os.environ[CONFIG_ENV] = str(project.path)
+    os.environ[WORKERS_ENV] = str(workers)
     if workers > 1:
         # prometheus_client's multiprocess mode: every worker writes its samples here.
         folder = project.root / ".shipml" / "serving" / "metrics"
