@@ -36,6 +36,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -99,10 +100,14 @@ class _Numeric:
             out[:, j] = _column(columns, name, n, np.float64)
         _finish_numeric(out, self.fill, self.mean, self.scale)
 
+    @cached_property
+    def _as_floats(self) -> tuple[list[float], list[float], list[float]]:
+        return self.fill.tolist(), self.mean.tolist(), self.scale.tolist()
+
     def transform_one(self, row: Mapping[str, Any], out: np.ndarray) -> bool:
         """One validated row (None, booleans and numbers) into ``out`` (1-D), with the float64
         operations of ``transform``; False for a value of another kind."""
-        fill, mean, scale = self.fill.tolist(), self.mean.tolist(), self.scale.tolist()
+        fill, mean, scale = self._as_floats
         values = []
         for j, name in enumerate(self.columns):
             value = row[name]
@@ -512,7 +517,6 @@ class _Trees:
     true_leaf: list[np.ndarray] = field(default_factory=list)
     false_id: list[np.ndarray] = field(default_factory=list)
     false_leaf: list[np.ndarray] = field(default_factory=list)
-    missing_true: list[np.ndarray] = field(default_factory=list)  # unused: see node()
     leaf_target: list[np.ndarray] = field(default_factory=list)
     leaf_weight: list[np.ndarray] = field(default_factory=list)
     roots: list[int] = field(default_factory=list)
@@ -526,12 +530,11 @@ class _Trees:
         feature: np.ndarray,
         split: np.ndarray,
         mode: int,
-        missing_left: np.ndarray,
         value: np.ndarray,
         target: int,
     ) -> None:
         """One tree as node arrays (node 0 the root, ``left[i] < 0`` for a leaf): an interior
-        node sends x[feature] <mode> split (or a missing x where ``missing_left``) to ``left``;
+        node sends x[feature] <mode> split to ``left`` (no missing x reaches it: see ``node``);
         a leaf adds ``value`` to output ``target``."""
         is_leaf = np.asarray(left) < 0
         leaf_at = np.cumsum(is_leaf) - 1 + self.n_leaves
@@ -544,7 +547,6 @@ class _Trees:
             for ids, leafs in ((self.true_id, self.true_leaf), (self.false_id, self.false_leaf)):
                 ids.append(np.array([self.n_leaves], np.int64))
                 leafs.append(np.ones(1, np.int64))
-            self.missing_true.append(np.zeros(1, np.int64))
             self.roots.append(self.n_nodes)
             self.n_nodes += 1
         else:
@@ -559,7 +561,6 @@ class _Trees:
             ):
                 ids.append(np.where(is_leaf[child], leaf_at[child], node_at[child]))
                 leafs.append(is_leaf[child].astype(np.int64))
-            self.missing_true.append(np.asarray(missing_left, np.int64)[inner])
             self.roots.append(int(node_at[0]))
             self.n_nodes += int(inner.sum())
         self.leaf_target.append(np.full(n_leaves, target, np.int64))
@@ -589,8 +590,9 @@ class _Trees:
             nodes_falsenodeids=ints(self.false_id),
             nodes_falseleafs=ints(self.false_leaf),
             # The trees only ever see a compiled preprocessor's output, imputed and finite:
-            # no NaN reaches them, so where one would go is moot, and with no node tracking it
-            # onnxruntime walks the trees without a NaN test per node (7-10 % faster).
+            # no NaN reaches them, so where each library sends one is moot, and with no node
+            # tracking it onnxruntime walks the trees without a NaN test per node (7-10 %
+            # faster).
             nodes_missing_value_tracks_true=[0] * self.n_nodes,
             leaf_targetids=ints(self.leaf_target),
             leaf_weights=numpy_helper.from_array(np.concatenate(self.leaf_weight), "weights"),
@@ -674,7 +676,6 @@ def _forest(forest: Any, task: str) -> _Part:
     trees = _Trees(float32=True, n_targets=len(targets))
     for estimator in forest.estimators_:
         tree = estimator.tree_
-        missing = getattr(tree, "missing_go_to_left", np.zeros(tree.node_count, np.uint8))
         values = np.asarray(tree.value[:, 0, :], dtype=np.float64)
         if task == "classification":
             total = values.sum(axis=1, keepdims=True)
@@ -687,7 +688,6 @@ def _forest(forest: Any, task: str) -> _Part:
                 tree.feature,
                 tree.threshold,
                 _LEQ,
-                missing,
                 values[:, c],
                 t,
             )
@@ -719,7 +719,6 @@ def _hist_gradient_boosting(model: Any, task: str) -> _Part:
                 nodes["feature_idx"],
                 nodes["num_threshold"],
                 _LEQ,
-                nodes["missing_go_to_left"],
                 nodes["value"],
                 k,
             )
@@ -752,18 +751,16 @@ def _lightgbm(model: Any, task: str) -> _Part:
     per_iteration = int(dump["num_tree_per_iteration"])
     trees = _Trees(float32=False, n_targets=per_iteration)
     for info in dump["tree_info"]:
-        left, right, feature, threshold, missing_left, value = _lightgbm_tree(
-            info["tree_structure"]
-        )
+        left, right, feature, threshold, value = _lightgbm_tree(info["tree_structure"])
         target = int(info["tree_index"]) % per_iteration
-        trees.add(left, right, feature, threshold, _LEQ, missing_left, value, target)
+        trees.add(left, right, feature, threshold, _LEQ, value, target)
     return _part("trees", post, trees=trees)
 
 
 def _lightgbm_tree(
     root: dict[str, Any],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """left, right, feature, threshold, missing_left, value of one dumped LightGBM tree."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """left, right, feature, threshold, value of one dumped LightGBM tree."""
     nodes: list[dict[str, Any]] = [root]
     left: list[int] = []
     right: list[int] = []
@@ -787,21 +784,12 @@ def _lightgbm_tree(
         i += 1
     feature = [int(n.get("split_feature", 0)) for n in nodes]
     threshold = [float(n.get("threshold", 0.0)) for n in nodes]
-    # A missing value goes the default way when LightGBM saw missing values for the feature,
-    # otherwise it is read as 0.
-    missing_left = [
-        bool(n.get("default_left"))
-        if n.get("missing_type") == "NaN"
-        else float(n.get("threshold", 0.0)) >= 0.0
-        for n in nodes
-    ]
     value = [float(n.get("leaf_value", 0.0)) for n in nodes]
     return (
         np.asarray(left),
         np.asarray(right),
         np.asarray(feature),
         np.asarray(threshold),
-        np.asarray(missing_left),
         np.asarray(value),
     )
 
@@ -854,9 +842,8 @@ def _catboost(model: Any, task: str) -> _Part:
                 prefix[false_child] = prefix[node]
         for node in range(n_inner, n_inner + 2**depth):
             leaf_of[node] = prefix[node]
-        missing = np.zeros(n_inner + 2**depth, bool)  # NaN is below every border
         for k in range(n_targets):
-            trees.add(left, right, feature, border, _GT, missing, values[leaf_of, k], k)
+            trees.add(left, right, feature, border, _GT, values[leaf_of, k], k)
     post = {"scale": float(scale), "base": bias.tolist(), "link": links[loss]}
     return _part("trees", post, trees=trees)
 

@@ -142,10 +142,12 @@ class ServedModel:
         pipeline = loaded.pipeline
         for _, _, estimator in getattr(pipeline, "parts", []):
             _single_threaded(estimator)
-        source = pipeline if fast is None else fast
-        classes_ = getattr(source, "classes_" if fast is None else "classes", None)
+        if fast is None:
+            classes_ = getattr(pipeline, "classes_", None)
+            threshold = getattr(pipeline, "threshold", None)
+        else:
+            classes_, threshold = fast.classes, fast.threshold
         classes = None if classes_ is None else [_plain(c) for c in classes_]
-        threshold = getattr(source, "threshold", None)
         schema = loaded.schema
         return cls(
             version=loaded.version,
@@ -531,14 +533,13 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
         if fast is not None:
             values = fast
         else:
-            model = served.requests.batch if batch else served.requests.predict
-            parsed = parse(model, body, served)
+            parsed = parse(requests.batch if batch else requests.predict, body, served)
             if isinstance(parsed, Response):
                 return parsed
             if batch:
-                values = served.requests.values(parsed.instances)
+                values = requests.values(parsed.instances)
             else:
-                values = [[v] for v in served.requests.row(parsed.features)]
+                values = [[v] for v in requests.row(parsed.features)]
         outputs = score(served, values)
         if isinstance(outputs, Response):
             return outputs

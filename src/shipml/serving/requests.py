@@ -212,23 +212,17 @@ class RequestModels:
         """A /predict/batch body as one list of values per column, parsed and checked in one
         pass by msgspec, or None: then the body goes through the pydantic models, which accept
         the lenient forms (a row as a list, "yes" for true) and name what is wrong."""
-        if self._fast_batch is None:
+        batch = _decoded(self._fast_batch, body)
+        if batch is None:
             return None
-        try:
-            rows = self._fast_batch.decode(body).instances
-        except msgspec.MsgspecError:
-            return None
-        return [list(column) for column in zip(*map(self._row_values, rows), strict=True)]
+        return [
+            list(column) for column in zip(*map(self._row_values, batch.instances), strict=True)
+        ]
 
     def fast_row(self, body: bytes) -> list[list[Any]] | None:
         """A /predict body as one one-value list per column, or None (as ``fast_values``)."""
-        if self._fast_predict is None:
-            return None
-        try:
-            row = self._fast_predict.decode(body).features
-        except msgspec.MsgspecError:
-            return None
-        return [[value] for value in self._row_values(row)]
+        predict = _decoded(self._fast_predict, body)
+        return None if predict is None else [[v] for v in self._row_values(predict.features)]
 
     def row(self, features: BaseModel) -> list[Any]:
         """One validated row's values in column order."""
@@ -247,6 +241,16 @@ _FAST_TYPES: dict[str, Any] = {
     "boolean": bool | None,
     "categorical": str | int | _FINITE | None,
 }
+
+
+def _decoded(decoder: msgspec.json.Decoder[Any] | None, body: bytes) -> Any:
+    """``body`` decoded, or None where there is no decoder or the body is not its form."""
+    if decoder is None:
+        return None
+    try:
+        return decoder.decode(body)
+    except msgspec.MsgspecError:
+        return None
 
 
 def _fast_decoders(
