@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from typing import Any
@@ -23,8 +24,12 @@ from shipml.models.bagged import BaggedEnsemble
 from shipml.models.catalog import CATALOG
 from shipml.models.fastpath import (
     FastPredictor,
+    _forest,
+    _onnx_model,
+    build_verified,
     compile_preprocessor,
     datetime_parts,
+    float32_at_or_below,
     frame_columns,
     record_columns,
     value_columns,
@@ -117,6 +122,10 @@ def _check(ensemble: BaggedEnsemble, schema: Schema, X_test: pd.DataFrame) -> Fa
     assert result.ok, result.reason
     assert result.labels_equal and result.rows == len(X_test)
     assert result.max_abs_diff <= 1e-9  # exact up to the order of floating-point sums
+    # What the server gets where it matches: trees on float32 features in float32.
+    single, how, check = build_verified(ensemble, schema, X_test)
+    assert single is not None and check is not None and check.ok, how
+    assert check.labels_equal and check.max_abs_diff <= 1e-6
     return fast
 
 
@@ -300,6 +309,78 @@ def test_bagged_fold_models_are_exact() -> None:
     assert np.array_equal(loaded.predict(columns), ensemble.predict(X_test))
 
 
+def test_float32_at_or_below_keeps_every_comparison() -> None:
+    rng = np.random.default_rng(3)
+    values = np.concatenate(
+        [
+            rng.normal(0, 1e3, 2000),
+            rng.normal(0, 1, 2000).astype(np.float32).astype(np.float64),  # float32 already
+            [0.0, -0.0, 1e-50, -1e-50, 1e300, -1e300, 0.1, 1 / 3],
+        ]
+    )
+    below = float32_at_or_below(values)
+    assert below.dtype == np.float32
+    assert (below.astype(np.float64) <= values).all()
+    with np.errstate(over="ignore"):  # (past the largest float32: inf)
+        above = np.nextafter(below, np.float32(np.inf))  # the next float32 is past the value
+    assert (above.astype(np.float64) > values).all()
+
+
+def test_float32_trees_split_as_the_forest_does_at_its_thresholds() -> None:
+    # Rows exactly at each threshold's float32 neighbours: where a rounded split would send
+    # a row the wrong way.
+    import onnxruntime as ort
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)
+    forest = RandomForestClassifier(n_estimators=20, random_state=0).fit(X, y)
+    part = _forest(forest, "classification")
+    part.preprocessor = 0
+
+    class Width:
+        n_features = 3
+
+    model, inputs = _onnx_model([part], [Width()], single=True)  # type: ignore[list-item]
+    assert model is not None and list(inputs) == ["x0_f32"]
+    rows = []
+    for tree in forest.estimators_:
+        inner = tree.tree_.feature >= 0
+        for feature, threshold in zip(
+            tree.tree_.feature[inner], tree.tree_.threshold[inner], strict=True
+        ):
+            t32 = np.float32(threshold)
+            for x in (np.nextafter(t32, np.float32(-1)), t32, np.nextafter(t32, np.float32(1))):
+                row = X[len(rows) % len(X)].copy()
+                row[feature] = x
+                rows.append(row)
+    edges = np.asarray(rows, dtype=np.float32)
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    (raw,) = session.run(["p0"], {"x0_f32": edges})
+    expected = forest.predict_proba(edges)[:, 1]
+    assert raw.dtype == np.float64 and len(edges) > 1000
+    assert np.abs(raw[:, 0] / len(forest.estimators_) - expected).max() <= 1e-6
+    assert np.array_equal(raw[:, 0] / len(forest.estimators_) > 0.5, expected > 0.5)
+
+
+def test_a_copy_that_float32_cannot_match_is_built_in_double(churn: Table) -> None:
+    # Leaves of three or more rows hold class shares such as 1/3, which float32 rounds.
+    forest = churn.fit("random_forest", {"min_samples_leaf": 3})
+    ensemble = churn.ensemble({"random_forest": forest})
+    fast, how, check = build_verified(ensemble, churn.schema, churn.X_test)
+    assert fast is not None and how == "float32 trees" and check is not None
+    assert 1e-12 < check.max_abs_diff <= 1e-6  # float32 leaf sums: close, not identical
+    # Asked to match to 1e-12, float32 cannot; the double-precision graph can.
+    fast, how, check = build_verified(ensemble, churn.schema, churn.X_test, tolerance=1e-12)
+    assert fast is not None and how == "double-precision trees", how
+    assert check is not None and check.max_abs_diff <= 1e-12
+    # And where neither matches, no copy, and why.
+    fast, how, check = build_verified(ensemble, churn.schema, churn.X_test, tolerance=-1.0)
+    assert fast is None and check is not None and not check.ok
+    assert how.startswith("the fast copy differs on the test split: outputs differ")
+
+
 def test_a_model_that_does_not_convert_falls_back_with_a_reason(churn: Table) -> None:
     knn = KNeighborsClassifier(5).fit(churn.Xt, churn.y_train)
     ensemble = churn.ensemble({"logistic_regression": churn.fit("logistic_regression")})
@@ -459,19 +540,25 @@ def test_a_batch_one_hot_encodes_as_row_by_row(
         assert np.array_equal(whole, rows, equal_nan=True)
 
 
-def test_batches_scored_on_more_threads_give_the_same_outputs(
+def test_trees_scored_in_slices_of_rows_give_the_same_outputs(
     churn: Table, forest_model: tuple[BaggedEnsemble, FastPredictor]
 ) -> None:
-    from shipml.models.fastpath import THREADED_ROWS
+    # The server scores a large batch's trees in slices on several threads at once.
+    from concurrent.futures import ThreadPoolExecutor
 
     _, fast = forest_model
-    threaded = FastPredictor.from_bytes(fast.to_bytes())
-    threaded.use_threads_for_batches(2)
-    assert threaded._batch_session is not None
-    X = pd.concat([churn.X_test] * (THREADED_ROWS // len(churn.X_test) + 1), ignore_index=True)
+    X = pd.concat([churn.X_test] * 3, ignore_index=True)
     columns = frame_columns(coerce_frame(X, churn.schema), fast.input_columns)
-    assert len(X) >= THREADED_ROWS
-    assert np.array_equal(threaded.outputs(columns), fast.outputs(columns))
+    n = len(X)
+    matrices = fast.matrices(columns, n)
+    inputs = fast.tree_inputs(matrices)
+    assert inputs is not None
+    cuts = [0, 1, n // 3, n // 2, n]
+    with ThreadPoolExecutor(4) as pool:
+        slices = list(pool.map(lambda c: fast.tree_outputs(inputs, *c), itertools.pairwise(cuts)))
+    scores = [np.concatenate(parts) for parts in zip(*slices, strict=True)]
+    assert np.array_equal(fast.combine(matrices, scores, n), fast.outputs(columns))
+    assert [len(s[0]) for s in slices] == [1, n // 3 - 1, n // 2 - n // 3, n - n // 2]
 
 
 @pytest.mark.parametrize("features", [RARE, FeaturesConfig()], ids=["infrequent", "plain"])

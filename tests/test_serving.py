@@ -22,7 +22,7 @@ from tests.serving_helpers import Server
 
 pytestmark = pytest.mark.integration
 
-MAX_BATCH = 50
+MAX_BATCH = 250  # above THREADED_ROWS: large batches are scored on several threads
 
 
 def _customers() -> pd.DataFrame:
@@ -101,15 +101,37 @@ def test_a_list_in_schema_order_is_the_same_row(server: Server, served_project: 
     assert short.status_code == 422 and f"needs {len(order)} values" in short.text
 
 
-def test_batch_matches_the_registered_model(server: Server, served_project: Path) -> None:
-    rows = _rows(served_project, 30)
+@pytest.mark.parametrize("n", [30, 200])
+def test_batch_matches_the_registered_model(server: Server, served_project: Path, n: int) -> None:
+    rows = [dict(r) for r in (_rows(served_project) * 5)[:n]]  # 200: the threaded path
+    for i, row in enumerate(rows[40:]):
+        row["income"] = None if i % 7 == 0 else (row["income"] or 0) + i
     expected = Project.load(served_project).predict(pd.DataFrame(rows))
     r = server.post("/predict/batch", {"instances": rows})
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["predictions"] == expected["prediction"].tolist()
     np.testing.assert_allclose(answer["probability"], expected["probability"], atol=1e-9)
-    assert answer["model_version"] == "1" and len(set(answer["request_ids"])) == 30
+    assert answer["model_version"] == "1" and len(set(answer["request_ids"])) == n
+
+
+def test_a_large_batch_scored_on_threads_equals_one_pass(served_project: Path) -> None:
+    # However many cores this machine has: slices of the rows on a pool of two threads.
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shipml.serving.app import THREADED_ROWS, ServedModel
+
+    served = ServedModel.load(Project.load(served_project).store, 1, MAX_BATCH)
+    rows = (_rows(served_project) * 8)[: THREADED_ROWS + 3]
+    values = [[row[c] for row in rows] for c in served.columns]
+    whole = served.outputs(values)
+    with ThreadPoolExecutor(2) as pool:
+        threaded = asyncio.run(served.outputs_of_batch(values, pool, 2))
+        small = asyncio.run(served.outputs_of_batch([v[:5] for v in values], pool, 2))
+    assert threaded.shape == whole.shape == (THREADED_ROWS + 3, 2)
+    assert np.array_equal(threaded, whole)
+    assert np.array_equal(small, whole[:5])
 
 
 def test_unknown_categories_and_missing_values_still_predict(

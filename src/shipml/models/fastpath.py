@@ -14,7 +14,10 @@ it per-call overhead. ``FastPredictor`` scores the same model in tens of microse
   values, the boosters float64), so it reproduces the library's predictions rather than
   approximating them. (The ready-made converters output float32: skl2onnx 1.20's forests,
   onnxmltools' LightGBM and CatBoost's own ONNX export are off by ~1e-4 on regression targets
-  of size 100, and skl2onnx fails on scikit-learn 1.9's histogram gradient boosting.)
+  of size 100, and skl2onnx fails on scikit-learn 1.9's histogram gradient boosting.) Trees on
+  float32 features may also run in float32 (``build(single=True)``: splits rounded down to
+  float32, so every comparison is kept; leaf values summed in float32), which onnxruntime runs
+  about 10 % faster; ``build_verified`` keeps that graph only where it passes ``verify``.
 * linear and constant models (logistic regression, ridge, the baselines) are a matrix product
   or a constant in numpy; a log-transformed target is undone in numpy.
 
@@ -53,6 +56,7 @@ __all__ = [
     "CompiledPreprocessor",
     "FastPredictor",
     "VerifyResult",
+    "build_verified",
     "compile_preprocessor",
     "datetime_parts",
     "frame_columns",
@@ -61,7 +65,6 @@ __all__ = [
 ]
 
 TOLERANCE = 1e-5
-THREADED_ROWS = 128  # from this many rows a batch is scored on several threads (if enabled)
 FORMAT = "shipml-fastpath"
 FORMAT_VERSION = 1
 _MAGIC = b"SHIPMLFP"
@@ -504,6 +507,17 @@ def _categorical(name: str, imputer: Any, encoder: Any, columns: list[str]) -> _
 # -- models as ONNX trees or numpy --------------------------------------------------------------
 
 
+def float32_at_or_below(values: np.ndarray) -> np.ndarray:
+    """The largest float32 at or below each float64 value: for a float32 ``x``,
+    ``x <= result`` exactly where ``x <= value``."""
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        out = values.astype(np.float32)
+    above = out.astype(np.float64) > values
+    out[above] = np.nextafter(out[above], np.float32(-np.inf))
+    return out
+
+
 @dataclass
 class _Trees:
     """TreeEnsemble (ai.onnx.ml opset 5) attributes for one part, built tree by tree."""
@@ -567,11 +581,21 @@ class _Trees:
         self.leaf_weight.append(np.asarray(value, np.float64)[is_leaf])
         self.n_leaves += n_leaves
 
-    def node(self, source: str, output: str) -> Any:
+    def node(self, source: str, output: str, single: bool = False) -> Any:
+        """The TreeEnsemble node. ``single`` (only for float32 features): splits and leaf
+        values in float32, the splits rounded down, so ``x <= split`` holds for a float32 ``x``
+        exactly where it holds against the float64 split (10 % faster in onnxruntime; the sum of
+        the leaf values is float32's, which ``verify`` checks)."""
         from onnx import helper, numpy_helper
 
         def ints(parts: list[np.ndarray]) -> list[int]:
             return [int(v) for v in np.concatenate(parts)]
+
+        splits = np.concatenate(self.split)
+        weights = np.concatenate(self.leaf_weight)
+        if single:
+            splits = float32_at_or_below(splits)
+            weights = weights.astype(np.float32)
 
         return helper.make_node(
             "TreeEnsemble",
@@ -583,7 +607,7 @@ class _Trees:
             post_transform=0,  # NONE
             tree_roots=self.roots,
             nodes_featureids=ints(self.feature),
-            nodes_splits=numpy_helper.from_array(np.concatenate(self.split), "splits"),
+            nodes_splits=numpy_helper.from_array(splits, "splits"),
             nodes_modes=numpy_helper.from_array(np.concatenate(self.mode), "modes"),
             nodes_truenodeids=ints(self.true_id),
             nodes_trueleafs=ints(self.true_leaf),
@@ -595,7 +619,7 @@ class _Trees:
             # faster).
             nodes_missing_value_tracks_true=[0] * self.n_nodes,
             leaf_targetids=ints(self.leaf_target),
-            leaf_weights=numpy_helper.from_array(np.concatenate(self.leaf_weight), "weights"),
+            leaf_weights=numpy_helper.from_array(weights, "weights"),
         )
 
 
@@ -922,13 +946,13 @@ class FastPredictor:
     inputs: dict[str, tuple[int, bool]]  # ONNX input name -> (preprocessor, float32 values)
     threads: int = 1
     _session: Any = field(default=None, init=False, repr=False)  # onnxruntime.InferenceSession
-    _batch_session: Any = field(default=None, init=False, repr=False)  # the same, more threads
 
     @classmethod
     def build(
-        cls, ensemble: BaggedEnsemble, schema: Schema, threads: int = 1
+        cls, ensemble: BaggedEnsemble, schema: Schema, threads: int = 1, single: bool = False
     ) -> tuple[FastPredictor | None, str]:
-        """The fast copy of ``ensemble``, or (None, why not). It still needs ``verify``."""
+        """The fast copy of ``ensemble``, or (None, why not). It still needs ``verify``.
+        ``single``: trees on float32 features in float32 (see ``_Trees.node``)."""
         if schema.derived:
             return None, "derived features (expressions) are not compiled"
         if ensemble.task not in ("classification", "regression"):
@@ -963,7 +987,7 @@ class FastPredictor:
             parts.append(part)
         if set(ensemble.weights) != {p.member for p in parts}:
             return None, "the ensemble's weights name other members than its parts"
-        onnx_model, inputs = _onnx_model(parts, preprocessors)
+        onnx_model, inputs = _onnx_model(parts, preprocessors, single)
         fast = cls(
             task=ensemble.task,
             classes=None if classes is None else np.asarray(classes),
@@ -993,7 +1017,6 @@ class FastPredictor:
         for part in self.parts:
             part.trees = None  # kept in the ONNX model only
         self._session = None if self.onnx_model is None else self._new_session(self.threads)
-        self._batch_session = None
 
     def _new_session(self, threads: int) -> Any:
         import onnxruntime as ort
@@ -1007,16 +1030,10 @@ class FastPredictor:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(self.onnx_model, options, providers=["CPUExecutionProvider"])
 
-    def use_threads_for_batches(self, threads: int) -> None:
-        """Score inputs of ``THREADED_ROWS`` rows or more on ``threads`` threads (a second
-        session of the same graph), fewer rows on the one thread a single row is fastest on."""
-        if self.onnx_model is not None and threads > 1 and threads != self.threads:
-            self._batch_session = self._new_session(threads)
-
     def outputs(self, columns: Columns) -> np.ndarray:
         """Class probabilities (n, classes) in ``classes`` order, or predictions (n,)."""
         n = _n_rows(columns)
-        return self._outputs([pre.transform(columns, n) for pre in self.preprocessors], n)
+        return self._outputs(self.matrices(columns, n), n)
 
     def outputs_one(self, row: Mapping[str, Any]) -> np.ndarray | None:
         """``outputs`` of one row given as {column: value}, values as the request models
@@ -1030,18 +1047,43 @@ class FastPredictor:
             matrices.append(matrix)
         return self._outputs(matrices, 1)
 
+    # ``outputs`` in three steps, for a caller that scores the trees of a large batch on
+    # several threads: ``matrices`` and ``combine`` on its own, ``tree_outputs`` on slices of
+    # the rows at once (onnxruntime releases the GIL; one session serves concurrent calls).
+
+    def matrices(self, columns: Columns, n: int) -> list[np.ndarray]:
+        """Each preprocessor's (n, features) matrix of ``columns``."""
+        return [pre.transform(columns, n) for pre in self.preprocessors]
+
+    def tree_inputs(self, matrices: list[np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The ONNX trees' inputs for all rows, or None where the predictor has no trees."""
+        if self._session is None:
+            return None
+        return {
+            name: matrices[index].astype(np.float32) if f32 else matrices[index]
+            for name, (index, f32) in self.inputs.items()
+        }
+
+    def tree_outputs(
+        self, inputs: dict[str, np.ndarray], start: int = 0, stop: int | None = None
+    ) -> list[np.ndarray]:
+        """The trees' raw scores for rows ``start:stop`` of ``tree_inputs``."""
+        names = [p.output for p in self.parts if p.kind == "trees"]
+        feeds = (
+            inputs if start == 0 and stop is None else {k: v[start:stop] for k, v in inputs.items()}
+        )
+        return list(self._session.run(names, feeds))
+
     def _outputs(self, matrices: list[np.ndarray], n: int) -> np.ndarray:
-        raw: dict[str, np.ndarray] = {}
-        session = self._session
-        if n >= THREADED_ROWS and self._batch_session is not None:
-            session = self._batch_session
-        if session is not None:
-            feeds = {
-                name: matrices[index].astype(np.float32) if f32 else matrices[index]
-                for name, (index, f32) in self.inputs.items()
-            }
-            names = [p.output for p in self.parts if p.kind == "trees"]
-            raw = dict(zip(names, session.run(names, feeds), strict=True))
+        inputs = self.tree_inputs(matrices)
+        return self.combine(matrices, None if inputs is None else self.tree_outputs(inputs), n)
+
+    def combine(
+        self, matrices: list[np.ndarray], tree_scores: list[np.ndarray] | None, n: int
+    ) -> np.ndarray:
+        """``outputs`` from the matrices and the trees' raw scores (``tree_outputs``, all rows)."""
+        names = [p.output for p in self.parts if p.kind == "trees"]
+        raw = dict(zip(names, tree_scores or [], strict=True))
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
         for part in self.parts:
@@ -1227,10 +1269,12 @@ def _plain(value: Any) -> Any:
 
 
 def _onnx_model(
-    parts: list[_Part], preprocessors: list[CompiledPreprocessor]
+    parts: list[_Part], preprocessors: list[CompiledPreprocessor], single: bool = False
 ) -> tuple[bytes | None, dict[str, tuple[int, bool]]]:
     """One ONNX model for every tree part: an input per preprocessor (float32 for libraries
-    that compare float32 features, cast back to double in the graph), an output per part."""
+    that compare float32 features), an output per part (double). Trees on float32 features
+    run in double on the input cast to double, or with ``single`` in float32 (``_Trees.node``)
+    with their output cast to double."""
     tree_parts = [p for p in parts if p.kind == "trees" and p.trees is not None]
     if not tree_parts:
         return None, {}
@@ -1249,11 +1293,19 @@ def _onnx_model(
             inputs[name] = (part.preprocessor, trees.float32)
             kind = TensorProto.FLOAT if trees.float32 else TensorProto.DOUBLE
             graph_inputs.append(helper.make_tensor_value_info(name, kind, [None, width]))
-            if trees.float32:
+            if trees.float32 and not single:
                 nodes.append(helper.make_node("Cast", [name], [name + "_d"], to=TensorProto.DOUBLE))
-        source = name + "_d" if trees.float32 else name
         part.output = f"p{j}"
-        nodes.append(trees.node(source, part.output))
+        if trees.float32 and single:
+            nodes.append(trees.node(name, part.output + "_f32", single=True))
+            nodes.append(
+                helper.make_node(
+                    "Cast", [part.output + "_f32"], [part.output], to=TensorProto.DOUBLE
+                )
+            )
+        else:
+            source = name + "_d" if trees.float32 else name
+            nodes.append(trees.node(source, part.output))
         outputs.append(
             helper.make_tensor_value_info(part.output, TensorProto.DOUBLE, [None, trees.n_targets])
         )
@@ -1413,6 +1465,24 @@ class VerifyResult:
     labels_equal: bool
     reason: str
     rows: int = 0
+
+
+def build_verified(
+    ensemble: BaggedEnsemble, schema: Schema, X_test: pd.DataFrame, tolerance: float = TOLERANCE
+) -> tuple[FastPredictor | None, str, VerifyResult | None]:
+    """The fast copy of ``ensemble`` that matches it on ``X_test`` (``verify``), with its trees
+    on float32 features in float32 where that matches and in double otherwise: (copy, how,
+    check), or (None, why not, the failed check or None)."""
+    check: VerifyResult | None = None
+    for single in (True, False):
+        fast, reason = FastPredictor.build(ensemble, schema, single=single)
+        if fast is None:
+            return None, reason, None
+        check = verify(fast, ensemble, X_test, tolerance)
+        if check.ok:
+            return fast, "float32 trees" if single else "double-precision trees", check
+    assert check is not None
+    return None, f"the fast copy differs on the test split: {check.reason}", check
 
 
 def verify(

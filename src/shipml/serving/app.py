@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ CONFIG_ENV = "SHIPML_CONFIG"
 ADMIN_TOKEN_ENV = "SHIPML_ADMIN_TOKEN"
 WORKERS_ENV = "SHIPML_SERVE_WORKERS"  # set by shipml serve: how many processes share the cores
 FIRST_LOAD_WAIT_S = 300.0  # a worker starts serving after its first load, or this long
+THREADED_ROWS = 128  # from this many rows a batch's trees are scored on batch_threads() threads
 
 
 def batch_threads() -> int:
@@ -132,7 +134,6 @@ class ServedModel:
             blob = registry.load_fast(store, version)
             if blob is not None:
                 fast = FastPredictor.from_bytes(blob)
-                fast.use_threads_for_batches(batch_threads())
                 inference, note = "fast", "ONNX trees and numpy preprocessing, verified at training"
         except Exception as err:  # the native model always works: serve it and say why
             note = f"fast copy not used: {err}"
@@ -178,6 +179,33 @@ class ServedModel:
         frame = frame_from_columns(columns, self.columns)
         method = "predict_proba" if self.classes is not None else "predict"
         return np.asarray(getattr(self.pipeline, method)(frame), dtype=float)
+
+    async def outputs_of_batch(
+        self, values: list[list[Any]], pool: Executor | None, threads: int
+    ) -> np.ndarray:
+        """``outputs`` of a large batch with its trees scored on ``threads`` threads of ``pool``,
+        one slice of the rows each: onnxruntime runs them beside the event loop, which meanwhile
+        reads and answers other requests (one session on one thread per call: no thread of it
+        waits for another)."""
+        n = len(values[0])
+        if self.fast is None or pool is None or threads < 2 or n < THREADED_ROWS:
+            return self.outputs(values)
+        fast = self.fast
+        columns = value_columns(dict(zip(self.columns, values, strict=True)), self.schema)
+        matrices = fast.matrices(columns, n)
+        inputs = fast.tree_inputs(matrices)
+        if inputs is None:
+            return np.asarray(fast.combine(matrices, None, n))
+        loop = asyncio.get_running_loop()
+        cuts = [n * i // threads for i in range(threads + 1)]
+        slices = await asyncio.gather(
+            *(
+                loop.run_in_executor(pool, fast.tree_outputs, inputs, start, stop)
+                for start, stop in itertools.pairwise(cuts)
+            )
+        )
+        scores = [np.concatenate(parts) for parts in zip(*slices, strict=True)]
+        return np.asarray(fast.combine(matrices, scores, n))
 
     def answers(self, outputs: np.ndarray) -> tuple[list[Any], np.ndarray | None]:
         """(predictions, confidence per row or None): the label rule of
@@ -389,6 +417,8 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
         if drift_watch is not None:
             drift_watch.stop()
         slot.stop()
+        if pool is not None:
+            pool.shutdown(wait=True)
         if predlog is not None:
             predlog.close()
 
@@ -406,6 +436,8 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
     app.state.drift_watch = drift_watch
     token = _token(config)
     max_body = serving.max_body_bytes
+    threads = batch_threads()
+    pool = ThreadPoolExecutor(threads, "shipml-score") if threads > 1 else None
 
     async def read_json(request: Request) -> bytes | JSONResponse:
         return await body_of(
@@ -492,8 +524,12 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
         )
         predlog.prediction(record)
 
-    def score(served: ServedModel, values: list[list[Any]]) -> np.ndarray | JSONResponse:
+    async def score(
+        served: ServedModel, values: list[list[Any]], batch: bool
+    ) -> np.ndarray | JSONResponse:
         try:
+            if batch:
+                return await served.outputs_of_batch(values, pool, threads)
             return served.outputs(values)
         except ShipmlError as err:  # a value the schema let through but coercion refuses
             detail = [{"loc": ["body"], "msg": err.message, "type": "value_error"}]
@@ -540,7 +576,7 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
                 values = requests.values(parsed.instances)
             else:
                 values = [[v] for v in requests.row(parsed.features)]
-        outputs = score(served, values)
+        outputs = await score(served, values, batch)
         if isinstance(outputs, Response):
             return outputs
         return served, values, outputs

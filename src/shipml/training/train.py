@@ -283,21 +283,18 @@ def _fast_copy(
 ) -> tuple[str, str, str | None]:
     """Build the fast-inference copy (ONNX trees, numpy preprocessing) and keep it only when it
     matches the model on the held-out split: ("fast" | "native", why, sha256 of the copy)."""
-    from shipml.models.fastpath import FastPredictor, verify
+    from shipml.models.fastpath import build_verified
 
     try:
-        fast, reason = FastPredictor.build(model, schema)
-        if fast is None:
-            return "native", reason, None
-        check = verify(fast, model, X_test)
-        if not check.ok:
-            return "native", f"the fast copy differs on the test split: {check.reason}", None
+        fast, how, check = build_verified(model, schema, X_test)
+        if fast is None or check is None:
+            return "native", how, None
         sha = recorder.log_bytes(fast.to_bytes(), registry.FAST_ARTIFACT)
     except Exception as err:  # the fast path is an optimisation: never fail a training for it
         return "native", f"fast copy failed: {type(err).__name__}: {err}"[:300], None
     note = (
         f"matches the model on {check.rows} test rows (labels identical, largest difference "
-        f"{check.max_abs_diff:.1e})"
+        f"{check.max_abs_diff:.1e}; {how})"
     )
     return "fast", note, sha
 
