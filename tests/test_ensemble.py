@@ -46,6 +46,23 @@ def test_mix_of_two_complementary_models_wins() -> None:
     assert a.mean("accuracy") == b.mean("accuracy") == 0.75
 
 
+def test_a_mix_worse_at_one_to_one_is_found_at_four_to_one() -> None:
+    # Regression, one fold: a is 1 too high, b 4 too low. Half and half is worse than a alone
+    # (1.5 off), so a search that stops at the first round without gain keeps a; four parts of
+    # a to one of b is exact.
+    y = pd.Series([3.0, 5.0, 8.0, 13.0])
+    a = CandidateResult("a", "a", False, {})
+    b = CandidateResult("b", "b", False, {})
+    for candidate, shift in ((a, 1.0), (b, -4.0)):
+        candidate.fold_outputs = [y.to_numpy() + shift]
+        candidate.fold_scores = fold_metrics(y, candidate.fold_outputs[0], None, ("rmse",))
+        candidate.fold_scores = {k: [v] for k, v in candidate.fold_scores.items()}
+    ensemble = greedy_ensemble([a, b], [y], None, "rmse", ("rmse",))
+    assert ensemble is not None
+    assert ensemble.members == {"a": 4, "b": 1}
+    assert ensemble.fold_scores["rmse"] == [0.0]
+
+
 def test_no_ensemble_when_one_model_is_best_alone() -> None:
     y = pd.Series([1, 1, 0, 0])
     perfect = _candidate("perfect", [_proba([0.9, 0.9, 0.1, 0.1])], [y])

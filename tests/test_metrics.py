@@ -191,3 +191,26 @@ def test_cv_value_and_is_better() -> None:
     assert not is_better("mae", 1.0, 1.0)
     assert is_better("r2", 0.1, float("nan"))
     assert not is_better("r2", float("nan"), 0.1)
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_one_metric_alone_has_the_value_it_has_among_all(name: str) -> None:
+    # The search and the ensemble ask for one or a few metrics per fold: the same numbers.
+    rng = np.random.default_rng(4)
+    if METRICS[name].task == "classification":
+        classes = ["a", "b", "c"]
+        y = rng.choice(classes, 200)
+        proba = rng.dirichlet([1, 1, 1], 200)
+        predictions = np.asarray(classes)[proba.argmax(axis=1)]
+        every = classification_metrics(y, predictions, proba, classes)
+        alone = classification_metrics(y, predictions, proba, classes, only=(name,))
+    else:
+        y = rng.normal(10, 3, 200)
+        guess = y + rng.normal(0, 1, 200)
+        every, alone = regression_metrics(y, guess), regression_metrics(y, guess, only=(name,))
+    assert alone[name] == every[name]
+    assert set(alone) <= {
+        name,
+        *(f"{k}_{name.split('_')[-1]}" for k in ("precision", "recall", "f1")),
+    }
+    assert len(alone) < len(every)

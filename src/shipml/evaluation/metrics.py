@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -112,9 +112,14 @@ def _auc(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[Any]) -> float
 
 
 def classification_metrics(
-    y_true: Any, y_pred: Any, proba: np.ndarray | None, classes: list[Any]
+    y_true: Any,
+    y_pred: Any,
+    proba: np.ndarray | None,
+    classes: list[Any],
+    only: Collection[str] | None = None,
 ) -> dict[str, float]:
-    """Accuracy, balanced accuracy, precision/recall/F1 (macro, weighted), ROC AUC, log loss.
+    """Accuracy, balanced accuracy, precision/recall/F1 (macro, weighted), ROC AUC, log loss
+    (or, given ``only``, just those: the same values, without the cost of the rest).
 
     ``proba`` columns follow ``classes``. ``roc_auc`` is left out when ``y_true`` has a single
     class, ``roc_auc`` and ``log_loss`` when ``proba`` is None.
@@ -122,11 +127,19 @@ def classification_metrics(
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     result: dict[str, float] = {}
+
+    def wanted(*names: str) -> bool:
+        return only is None or any(name in only for name in names)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result["accuracy"] = float(skm.accuracy_score(y_true, y_pred))
-        result["balanced_accuracy"] = float(skm.balanced_accuracy_score(y_true, y_pred))
+        if wanted("accuracy"):
+            result["accuracy"] = float(skm.accuracy_score(y_true, y_pred))
+        if wanted("balanced_accuracy"):
+            result["balanced_accuracy"] = float(skm.balanced_accuracy_score(y_true, y_pred))
         for average in ("macro", "weighted"):
+            if not wanted(*(f"{k}_{average}" for k in ("precision", "recall", "f1"))):
+                continue
             p, r, f, _ = skm.precision_recall_fscore_support(
                 y_true, y_pred, average=average, zero_division=0
             )
@@ -135,22 +148,31 @@ def classification_metrics(
             result[f"f1_{average}"] = float(f)
         if proba is not None:
             proba = np.asarray(proba, dtype=float)
-            auc = _auc(y_true, proba, classes)
+            auc = _auc(y_true, proba, classes) if wanted("roc_auc") else None
             if auc is not None:
                 result["roc_auc"] = auc
-            result["log_loss"] = float(skm.log_loss(y_true, proba, labels=list(classes)))
+            if wanted("log_loss"):
+                result["log_loss"] = float(skm.log_loss(y_true, proba, labels=list(classes)))
     return result
 
 
-def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
-    """RMSE, MAE, R² and MAPE (scikit-learn's mean_absolute_percentage_error)."""
+def regression_metrics(
+    y_true: Any, y_pred: Any, only: Collection[str] | None = None
+) -> dict[str, float]:
+    """RMSE, MAE, R² and MAPE (scikit-learn's mean_absolute_percentage_error), or ``only``
+    those."""
+    functions = {
+        "rmse": skm.root_mean_squared_error,
+        "mae": skm.mean_absolute_error,
+        "r2": skm.r2_score,
+        "mape": skm.mean_absolute_percentage_error,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return {
-            "rmse": float(skm.root_mean_squared_error(y_true, y_pred)),
-            "mae": float(skm.mean_absolute_error(y_true, y_pred)),
-            "r2": float(skm.r2_score(y_true, y_pred)),
-            "mape": float(skm.mean_absolute_percentage_error(y_true, y_pred)),
+            name: float(function(y_true, y_pred))
+            for name, function in functions.items()
+            if only is None or name in only
         }
 
 

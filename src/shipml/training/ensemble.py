@@ -1,10 +1,11 @@
 """A greedy weighted ensemble of the cross-validated candidates (Caruana et al., 2004).
 
 Starting from the best single candidate, each round adds (with replacement) the candidate whose
-fold outputs, averaged in, most improve the mean CV score (or keep it equal, when that brings in
-a model not yet in the mix); weights are how often each was added.
-Scored on the same folds as the candidates, it joins the leaderboard and wins only when it beats
-every single model there.
+fold outputs, averaged in, give the best mean CV score, even where that is below the score so
+far: adding the leader again is what lets a later round mix two models 2:1 or 3:1 where 1:1 is
+worse than the leader alone (as AutoGluon's ensemble selection does). After ``MAX_ROUNDS`` the
+best mix seen is kept; weights are how often each was added. Scored on the same folds as the
+candidates, it joins the leaderboard and wins only when it beats every single model there.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def greedy_ensemble(
     best = max(pool, key=lambda r: sign * r.mean(metric))
     weights = {best.name: 1}
     sums = [o.copy() for o in best.fold_outputs]
-    current = sign * best.mean(metric)
+    kept = (sign * best.mean(metric), dict(weights), [s.copy() for s in sums])
     for _ in range(MAX_ROUNDS):
         total = sum(weights.values())
         trials = []
@@ -64,14 +65,15 @@ def greedy_ensemble(
             trials.append((mean_score(outputs), r))
         # Ties go to a model not yet in the mix: averaging equally good, different models lowers
         # variance, which the folds cannot see but unseen data rewards.
-        score, _, chosen = max(
+        score, new, chosen = max(
             ((score, r.name not in weights, r) for score, r in trials), key=lambda t: t[:2]
         )
-        if score < current - 1e-12 or (score <= current + 1e-12 and chosen.name in weights):
-            break
-        current = score
         weights[chosen.name] = weights.get(chosen.name, 0) + 1
         sums = [s + o for s, o in zip(sums, chosen.fold_outputs, strict=True)]
+        # A tie is kept only for a second model at equal weight, not for a sliver of one.
+        if score > kept[0] + 1e-12 or (score >= kept[0] - 1e-12 and new and total == 1):
+            kept = (score, dict(weights), [s.copy() for s in sums])
+    _, weights, sums = kept
     if len(weights) < 2:
         return None
     total = sum(weights.values())

@@ -107,7 +107,7 @@ def fold_metrics(
     """Every CV metric of one fold from its output (see fold_output)."""
     if classes is not None:
         predictions = classes[output.argmax(axis=1)]  # the labels' own type: 0/1 stay ints
-        values = classification_metrics(y, predictions, output, list(classes))
+        values = classification_metrics(y, predictions, output, list(classes), only=metrics)
     else:
-        values = regression_metrics(y, output)
+        values = regression_metrics(y, output, only=metrics)
     return {m: float(values.get(m, math.nan)) for m in metrics}

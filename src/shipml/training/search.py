@@ -221,10 +221,22 @@ class Search:
                 return
             yield fit_fold(estimator, fold, self.task, self.folds.classes, self.metrics)
 
+    def _ranked(self, results: list[CandidateResult]) -> list[CandidateResult]:
+        """Each family's best first (best first), then the rest: the ensemble's pool is the
+        first ``KEEP_MODELS``, so tuned copies of one family do not crowd out other families."""
+        ordered = sorted(results, key=lambda r: -self.sign * r.mean(self.metric))
+        seen: set[str] = set()
+        leaders: list[CandidateResult] = []
+        others: list[CandidateResult] = []
+        for r in ordered:
+            family = r.family or r.name
+            (others if family in seen else leaders).append(r)
+            seen.add(family)
+        return leaders + others
+
     def _keep_best_models(self) -> None:
-        """Fold models cost memory: only the best few candidates keep theirs."""
-        holders = [r for r in self.results if r.fold_models]
-        holders.sort(key=lambda r: -self.sign * r.mean(self.metric))
+        """Fold models cost memory: only the candidates the ensemble may use keep theirs."""
+        holders = self._ranked([r for r in self.results if r.fold_models])
         for r in holders[KEEP_MODELS:]:
             r.fold_models = []
 
@@ -408,10 +420,9 @@ class Search:
                 self.evaluate(family, i + 1, config)
 
     def run_ensemble(self) -> None:
-        pool = [
-            r for r in self.results if r.status == "ok" and len(r.fold_outputs) == len(self.folds)
-        ]
-        pool.sort(key=lambda r: -self.sign * r.mean(self.metric))
+        pool = self._ranked(
+            [r for r in self.results if r.status == "ok" and len(r.fold_outputs) == len(self.folds)]
+        )
         ensemble = greedy_ensemble(
             pool[:KEEP_MODELS], self.folds.targets, self.folds.classes, self.metric, self.metrics
         )
