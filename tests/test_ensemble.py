@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import skops.io as sio
@@ -61,6 +63,19 @@ def test_a_mix_worse_at_one_to_one_is_found_at_four_to_one() -> None:
     assert ensemble is not None
     assert ensemble.members == {"a": 4, "b": 1}
     assert ensemble.fold_scores["rmse"] == [0.0]
+
+
+def test_past_its_deadline_the_selection_stops_after_the_first_round() -> None:
+    y = pd.Series([3.0, 5.0, 8.0, 13.0])
+    a = CandidateResult("a", "a", False, {})
+    b = CandidateResult("b", "b", False, {})
+    for candidate, shift in ((a, 1.0), (b, -4.0)):
+        candidate.fold_outputs = [y.to_numpy() + shift]
+        candidate.fold_scores = {"rmse": [abs(shift)]}
+    # The first round (1:1) loses to a alone; the rounds that find 4:1 never start.
+    assert greedy_ensemble([a, b], [y], None, "rmse", ("rmse",), deadline=0.0) is None
+    later = greedy_ensemble([a, b], [y], None, "rmse", ("rmse",), deadline=time.monotonic() + 60)
+    assert later is not None and later.members == {"a": 4, "b": 1}
 
 
 def test_no_ensemble_when_one_model_is_best_alone() -> None:

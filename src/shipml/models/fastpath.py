@@ -17,7 +17,7 @@ it per-call overhead. ``FastPredictor`` scores the same model in tens of microse
   of size 100, and skl2onnx fails on scikit-learn 1.9's histogram gradient boosting.) Trees on
   float32 features may also run in float32 (``build(single=True)``: splits rounded down to
   float32, so every comparison is kept; leaf values summed in float32), which onnxruntime runs
-  about 10 % faster; ``build_verified`` keeps that graph only where it passes ``verify``.
+  5–10 % faster; ``build_verified`` keeps that graph only where it passes ``verify``.
 * linear and constant models (logistic regression, ridge, the baselines) are a matrix product
   or a constant in numpy; a log-transformed target is undone in numpy.
 
@@ -584,7 +584,7 @@ class _Trees:
     def node(self, source: str, output: str, single: bool = False) -> Any:
         """The TreeEnsemble node. ``single`` (only for float32 features): splits and leaf
         values in float32, the splits rounded down, so ``x <= split`` holds for a float32 ``x``
-        exactly where it holds against the float64 split (10 % faster in onnxruntime; the sum of
+        exactly where it holds against the float64 split (5–10 % faster in onnxruntime; the sum of
         the leaf values is float32's, which ``verify`` checks)."""
         from onnx import helper, numpy_helper
 

@@ -10,6 +10,8 @@ candidates, it joins the leaderboard and wins only when it beats every single mo
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 
@@ -38,8 +40,10 @@ def greedy_ensemble(
     classes: np.ndarray | None,
     metric: str,
     metrics: tuple[str, ...],
+    deadline: float | None = None,
 ) -> CandidateResult | None:
-    """The ensemble as a leaderboard entry, or None when no mix beats the best single model."""
+    """The ensemble as a leaderboard entry, or None when no mix beats the best single model.
+    Past ``deadline`` (time.monotonic()) no round starts after the first."""
     pool = [
         r
         for r in results
@@ -57,7 +61,9 @@ def greedy_ensemble(
     weights = {best.name: 1}
     sums = [o.copy() for o in best.fold_outputs]
     kept = (sign * best.mean(metric), dict(weights), [s.copy() for s in sums])
-    for _ in range(MAX_ROUNDS):
+    for round_ in range(MAX_ROUNDS):
+        if round_ and deadline is not None and time.monotonic() > deadline:
+            break
         total = sum(weights.values())
         trials = []
         for r in pool:

@@ -162,14 +162,15 @@ def learning_estimator(
 
 
 def refit_seconds(results: list[CandidateResult], metric: str) -> float:
-    """A guess at the final refit's cost: the best candidates without fold models, fitted once
-    on all training rows (a fold fit sees (k-1)/k of them)."""
+    """A guess at the final refit's cost: the three best candidates without fold models (an
+    ensemble may hold all three), each fitted once on all training rows (a fold fit sees
+    (k-1)/k of them)."""
     sign = 1.0 if METRICS[metric].greater_is_better else -1.0
     ok = [
         r for r in results if r.status == "ok" and r.family and not r.fold_models and r.fold_outputs
     ]
     ok.sort(key=lambda r: -sign * r.mean(metric))
-    return max((1.3 * r.fit_seconds / len(r.fold_outputs) for r in ok[:3]), default=0.0)
+    return sum(1.3 * r.fit_seconds / len(r.fold_outputs) for r in ok[:3])
 
 
 def full_fit_seconds(best: CandidateResult, board: Leaderboard) -> float:

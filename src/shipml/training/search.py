@@ -49,6 +49,7 @@ EventHandler = Callable[..., None]
 CLASSIFICATION_CV_METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1_macro", "log_loss")
 REGRESSION_CV_METRICS = ("rmse", "mae", "r2")
 KEEP_MODELS = 10  # candidates whose fold models are kept for the final (bagged) model
+ENSEMBLE_SHARE, ENSEMBLE_MAX_S = 0.05, 10.0  # of the budget, kept for the ensemble's rounds
 TURNS = (4, 2, 1)  # search turns per round for the best, second and other families
 # A search trial may cost more than the default it starts from (more trees, more leaves).
 TRIAL_COST_FACTOR = 2.0
@@ -140,8 +141,15 @@ class Search:
 
     # --- one candidate ---------------------------------------------------------------------
 
+    @property
+    def ensemble_reserve(self) -> float:
+        """Seconds kept for choosing the ensemble (its rounds stop at the deadline)."""
+        if not self.training.ensemble:
+            return 0.0
+        return min(ENSEMBLE_SHARE * (self.deadline - self.started), ENSEMBLE_MAX_S)
+
     def time_left(self) -> float:
-        return self.deadline - time.monotonic() - self.reserve(self.results)
+        return self.deadline - time.monotonic() - self.reserve(self.results) - self.ensemble_reserve
 
     def evaluate(
         self,
@@ -424,7 +432,12 @@ class Search:
             [r for r in self.results if r.status == "ok" and len(r.fold_outputs) == len(self.folds)]
         )
         ensemble = greedy_ensemble(
-            pool[:KEEP_MODELS], self.folds.targets, self.folds.classes, self.metric, self.metrics
+            pool[:KEEP_MODELS],
+            self.folds.targets,
+            self.folds.classes,
+            self.metric,
+            self.metrics,
+            deadline=self.deadline - self.reserve(self.results),
         )
         if ensemble is not None:
             self.results.append(ensemble)
