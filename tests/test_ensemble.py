@@ -48,33 +48,33 @@ def test_mix_of_two_complementary_models_wins() -> None:
     assert a.mean("accuracy") == b.mean("accuracy") == 0.75
 
 
+Y = pd.Series([3.0, 5.0, 8.0, 13.0])
+
+
+def _shifted(name: str, shift: float) -> CandidateResult:
+    """A regression candidate on one fold whose every prediction is ``shift`` off ``Y``."""
+    result = CandidateResult(name, name, False, {})
+    result.fold_outputs = [Y.to_numpy() + shift]
+    scores = fold_metrics(Y, result.fold_outputs[0], None, ("rmse",))
+    result.fold_scores = {k: [v] for k, v in scores.items()}
+    return result
+
+
 def test_a_mix_worse_at_one_to_one_is_found_at_four_to_one() -> None:
-    # Regression, one fold: a is 1 too high, b 4 too low. Half and half is worse than a alone
-    # (1.5 off), so a search that stops at the first round without gain keeps a; four parts of
-    # a to one of b is exact.
-    y = pd.Series([3.0, 5.0, 8.0, 13.0])
-    a = CandidateResult("a", "a", False, {})
-    b = CandidateResult("b", "b", False, {})
-    for candidate, shift in ((a, 1.0), (b, -4.0)):
-        candidate.fold_outputs = [y.to_numpy() + shift]
-        candidate.fold_scores = fold_metrics(y, candidate.fold_outputs[0], None, ("rmse",))
-        candidate.fold_scores = {k: [v] for k, v in candidate.fold_scores.items()}
-    ensemble = greedy_ensemble([a, b], [y], None, "rmse", ("rmse",))
+    # a is 1 too high, b 4 too low. Half and half is worse than a alone (1.5 off), so a search
+    # that stops at the first round without gain keeps a; four parts of a to one of b is exact.
+    a, b = _shifted("a", 1.0), _shifted("b", -4.0)
+    ensemble = greedy_ensemble([a, b], [Y], None, "rmse", ("rmse",))
     assert ensemble is not None
     assert ensemble.members == {"a": 4, "b": 1}
     assert ensemble.fold_scores["rmse"] == [0.0]
 
 
 def test_past_its_deadline_the_selection_stops_after_the_first_round() -> None:
-    y = pd.Series([3.0, 5.0, 8.0, 13.0])
-    a = CandidateResult("a", "a", False, {})
-    b = CandidateResult("b", "b", False, {})
-    for candidate, shift in ((a, 1.0), (b, -4.0)):
-        candidate.fold_outputs = [y.to_numpy() + shift]
-        candidate.fold_scores = {"rmse": [abs(shift)]}
+    a, b = _shifted("a", 1.0), _shifted("b", -4.0)
     # The first round (1:1) loses to a alone; the rounds that find 4:1 never start.
-    assert greedy_ensemble([a, b], [y], None, "rmse", ("rmse",), deadline=0.0) is None
-    later = greedy_ensemble([a, b], [y], None, "rmse", ("rmse",), deadline=time.monotonic() + 60)
+    assert greedy_ensemble([a, b], [Y], None, "rmse", ("rmse",), deadline=0.0) is None
+    later = greedy_ensemble([a, b], [Y], None, "rmse", ("rmse",), deadline=time.monotonic() + 60)
     assert later is not None and later.members == {"a": 4, "b": 1}
 
 
