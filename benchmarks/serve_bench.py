@@ -308,6 +308,40 @@ def prepare(work: Path, batch_rows: int, reuse: bool) -> Prepared:
     )
 
 
+def ort_yardstick(prepared: Prepared, seconds: float = 3.0) -> float | None:
+    """Rows/s of onnxruntime alone on this machine, now: the champion's trees (its registered
+    fast copy) scoring the batch's rows in one session on every core, with nothing else
+    (no HTTP, no JSON, no Python between calls). The issue measured about 155,000 rows/s on its
+    machine; this figure says how fast this run's machine was, so runs can be compared."""
+    import onnxruntime as ort
+
+    from shipml import Project, registry
+    from shipml.models.fastpath import FastPredictor, record_columns
+
+    project = Project.load(prepared.config)
+    store = project.store
+    blob = registry.load_fast(store, registry.resolve(store, "champion"))
+    if blob is None:
+        return None
+    fast = FastPredictor.from_bytes(blob)
+    schema = project.load_model("champion").schema
+    n = len(prepared.batch_typed)
+    inputs = fast.tree_inputs(fast.matrices(record_columns(prepared.batch_typed, schema), n))
+    if inputs is None or fast.onnx_model is None:
+        return None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(fast.onnx_model, options, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, inputs)
+    runs, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        session.run(None, inputs)
+        runs += 1
+    return runs * n / elapsed
+
+
 def _save_mlflow_model(pipeline: Any, example: Any, path: Path) -> None:
     import logging
 
@@ -1255,6 +1289,9 @@ def write_markdown(
         f"- command: `{command_used()}` (git {_git()})",
         f"- versions: {versions}",
         f"- load average (1 min) before / after: {load[0]:.2f} / {load[1]:.2f}",
+        f"- machine speed: onnxruntime alone scores the batch's rows with the champion's trees "
+        f"at {' and '.join(_fmt(v) for v in info.get('yardstick', []))} rows/s before and after "
+        f"the loads (in-process, every core; the issue's machine: about 155,000)",
         f"- model: shipml version {info.get('shipml_version')} of the demo churn table "
         f"({TRAIN_ROWS:,} rows, seed {TRAIN_SEED}): one-hot + {info.get('trees')}-tree "
         f"{info.get('estimator')}; trees set by {info.get('trees_from')}; baselines "
@@ -1339,6 +1376,8 @@ def main(argv: list[str] | None = None) -> int:
         f"model: {prepared.info['trees']}-tree {prepared.info['estimator']} "
         f"(shipml version {prepared.info['shipml_version']})"
     )
+    yardstick = [ort_yardstick(prepared)]
+    _log(f"onnxruntime alone: {_fmt(yardstick[0])} rows/s")
     outcomes = []
     try:
         for key in args.contenders:
@@ -1349,6 +1388,9 @@ def main(argv: list[str] | None = None) -> int:
             outcomes.append(outcome)
     finally:
         _stop_all()
+    yardstick.append(ort_yardstick(prepared))  # the machine may have changed speed meanwhile
+    prepared.info["yardstick"] = yardstick
+    _log(f"onnxruntime alone: {_fmt(yardstick[1])} rows/s")
     rows, notes = table_rows(outcomes, args)
     print(plain_table(rows))
     for i, note in enumerate(notes, 1):

@@ -592,6 +592,43 @@ def test_one_row_by_name_scores_as_the_columns_do(features: FeaturesConfig) -> N
     assert fast.outputs_one({**records[0], "plan": ["basic"]}) is None
 
 
+@pytest.mark.parametrize("features", [RARE, FeaturesConfig()], ids=["infrequent", "plain"])
+def test_lists_from_the_strict_decoder_give_value_columns_matrices(
+    features: FeaturesConfig,
+) -> None:
+    # The serving path's strict batches skip value_columns: the same matrices, bit for bit.
+    df = generate_customers(700, 6).drop(columns=["signup_date", "customer_id"])
+    table = Table(df, "churned", features, 500)
+    ensemble = table.ensemble({"random_forest": table.fit("random_forest")})
+    fast, reason = FastPredictor.build(ensemble, table.schema)
+    assert fast is not None, reason
+    records = json.loads(df.drop(columns=["churned"]).iloc[500:].to_json(orient="records"))
+    rng = np.random.default_rng(0)
+    odd: dict[str, list[Any]] = {  # what msgspec lets through for each kind
+        "age": [None, 0.0, -0.0, 1e300, 41.0],
+        "has_partner": [True, False, None],
+        "plan": [None, "", "  ", "never seen", 3, 3.0, 2.5, "basic "],
+        "region": [None, "", 7, -1.5],
+    }
+    for record in records:
+        record["has_partner"] = {"yes": True, "no": False}.get(record["has_partner"])
+        for column, values in odd.items():
+            if rng.random() < 0.2:
+                record[column] = values[rng.integers(len(values))]
+    n = len(records)
+    lists = {c: [r[c] for r in records] for c in fast.input_columns}
+    got = fast.matrices_of_lists(lists, n)
+    expected = fast.matrices(value_columns(lists, table.schema), n)
+    assert got is not None
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got, expected, strict=True))
+    one = fast.matrices_of_lists({c: v[:1] for c, v in lists.items()}, 1)
+    assert one is not None and np.array_equal(one[0], expected[0][:1])
+    # Kinds the strict decoder never gives: the general path, which converts or refuses them.
+    assert fast.matrices_of_lists({**lists, "age": ["old", *lists["age"][1:]]}, n) is None
+    assert fast.matrices_of_lists({**lists, "plan": [True, *lists["plan"][1:]]}, n) is None
+    assert fast.matrices_of_lists({**lists, "plan": lists["plan"][1:]}, n) is None
+
+
 def test_one_row_with_a_datetime_takes_the_columns(
     churn: Table, forest_model: tuple[BaggedEnsemble, FastPredictor]
 ) -> None:

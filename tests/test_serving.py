@@ -127,11 +127,87 @@ def test_a_large_batch_scored_on_threads_equals_one_pass(served_project: Path) -
     values = [[row[c] for row in rows] for c in served.columns]
     whole = served.outputs(values)
     with ThreadPoolExecutor(2) as pool:
-        threaded = asyncio.run(served.outputs_of_batch(values, pool, 2))
-        small = asyncio.run(served.outputs_of_batch([v[:5] for v in values], pool, 2))
+        threaded = asyncio.run(served.outputs_of_batch(values, False, pool, 2))
+        small = asyncio.run(served.outputs_of_batch([v[:5] for v in values], False, pool, 2))
     assert threaded.shape == whole.shape == (THREADED_ROWS + 3, 2)
     assert np.array_equal(threaded, whole)
     assert np.array_equal(small, whole[:5])
+
+
+@pytest.fixture(scope="module")
+def strict_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model with no date column: batches in the strict form (every row an object of the
+    model's columns) are read by msgspec and go into the matrices without arrays in between."""
+    folder = tmp_path_factory.mktemp("serve-strict")
+
+    def edit(raw: dict) -> None:
+        raw["features"]["exclude"] = ["customer_id"]
+        raw["training"].update(
+            models=["random_forest"],
+            baselines=False,
+            params={"random_forest": {"n_estimators": 30}},
+            trials=0,
+            ensemble=False,
+        )
+        raw["serving"] = {"max_batch_rows": MAX_BATCH}
+
+    config = make_project(folder, _customers().drop(columns=["signup_date"]), "churned", edit)
+    result = run_cli("train", "-c", config)
+    assert result.exit_code == 0, result.all
+    return config
+
+
+def test_strict_batches_are_scored_answered_and_logged_as_sent(strict_project: Path) -> None:
+    rows = [dict(r) for r in (_rows(strict_project) * 6)[:200]]  # 200 rows: the threaded path
+    for i, row in enumerate(rows):
+        row["has_partner"] = {"yes": True, "no": False}.get(row["has_partner"])  # JSON's kind
+        if i % 7 == 0:
+            row["income"] = None
+        if i % 5 == 0:
+            row["age"] = int(row["age"] or 30)  # an integer for a number
+        if i % 11 == 0:
+            row["plan"] = "platinum" if i % 2 else ""  # unseen category; empty is missing
+        if i % 13 == 0:
+            row["region"] = None
+    expected = Project.load(strict_project).predict(pd.DataFrame(rows))
+    log_dir = strict_project.parent / ".shipml" / "predictions"
+    with Server(strict_project) as server:
+        assert server.get("/model").json()["inference"] == "fast"
+        answers = []
+        for part in (rows[:30], rows):  # one pass and the threaded path
+            # (indented: a JSON line in the log all the same)
+            r = requests.post(
+                server.url + "/predict/batch",
+                data=json.dumps({"instances": part}, indent=1),
+                headers={"content-type": "application/json"},
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            answers.append(r.json())
+        bad = [dict(rows[0], age="old"), *rows[1:3]]  # not the strict form: pydantic names it
+        refused = server.post("/predict/batch", {"instances": bad})
+        assert refused.status_code == 422
+        assert refused.json()["detail"][0]["loc"] == ["body", "instances", 0, "age"]
+    small, large = answers
+    assert large["predictions"] == expected["prediction"].tolist()
+    np.testing.assert_allclose(large["probability"], expected["probability"], atol=1e-9)
+    assert small["probabilities"] == large["probabilities"][:30]
+    for probs, label, p in zip(
+        large["probabilities"], large["predictions"], large["probability"], strict=True
+    ):
+        assert set(probs) == {"no", "yes"} and probs[label] == p
+        assert probs["no"] + probs["yes"] == pytest.approx(1.0)
+    logged = {r["request_id"]: r for r in read_predictions(log_dir)}
+    batch_id = large["request_ids"][0].removesuffix("-0")
+    records = [json.loads(line) for path in log_dir.glob("*/*.jsonl") for line in path.open()]
+    stored = next(r for r in records if r["request_id"] == batch_id)
+    assert stored["request"] == {"instances": rows}  # as sent: the strict form
+    assert large["request_ids"] == [f"{batch_id}-{i}" for i in range(200)]
+    for i, request_id in enumerate(large["request_ids"]):
+        record = logged[request_id]
+        assert record["inputs"] == rows[i] and record["prediction"] == large["predictions"][i]
+        assert record["confidence"] == large["probability"][i]
+        assert record["probabilities"] == large["probabilities"][i]
 
 
 def test_unknown_categories_and_missing_values_still_predict(

@@ -9,7 +9,11 @@ disk (which only a power loss or kernel crash would need), runs in a background 
 is at most the file's last line; readers skip it.
 
 Layout: ``predictions/YYYY-MM-DD/<pid>-<start>.jsonl`` (predictions) and
-``predictions/feedback/YYYY-MM-DD/<pid>-<start>.jsonl`` (labels sent to /feedback).
+``predictions/feedback/YYYY-MM-DD/<pid>-<start>.jsonl`` (labels sent to /feedback). A batch is
+one record: its predictions and confidences a list each, its probabilities one object per row as
+the answer gave them (``probability_rows``), its inputs a list per column or, where the request
+came in the strict form (every row an object of the model's columns), the request itself
+(``request``); ``read_predictions`` and ``recent_predictions`` give one record per row.
 """
 
 from __future__ import annotations
@@ -133,17 +137,28 @@ def read_predictions(folder: Path) -> Iterator[dict[str, Any]]:
 
 
 def _rows_of(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A batch's record as one record per row. Its inputs are a list per column (``inputs``) or
+    the request as it came (``request``: ``{"instances": [row object, ...]}``, the strict form);
+    its probabilities a list per class (``probabilities``) or an object per row
+    (``probability_rows``, as the answer gave them)."""
     confidence = batch.get("confidence")
-    probabilities = batch.get("probabilities")
+    columns: dict[str, list[Any]] | None = batch.get("inputs")
+    instances: list[Any] = [] if columns is not None else batch["request"]["instances"]
+    by_class: dict[str, list[Any]] | None = batch.get("probabilities")
+    by_row: list[Any] | None = batch.get("probability_rows")
     for i in range(int(batch["rows"])):
+        if by_row is not None:
+            probabilities = by_row[i]
+        elif by_class is not None:
+            probabilities = {k: v[i] for k, v in by_class.items()}
+        else:
+            probabilities = None
         yield {
             "request_id": f"{batch['request_id']}-{i}",
-            "inputs": {c: v[i] for c, v in batch["inputs"].items()},
+            "inputs": instances[i] if columns is None else {c: v[i] for c, v in columns.items()},
             "prediction": batch["prediction"][i],
             "confidence": None if confidence is None else confidence[i],
-            "probabilities": None
-            if probabilities is None
-            else {k: v[i] for k, v in probabilities.items()},
+            "probabilities": probabilities,
             "time": batch["time"],
             "model_version": batch["model_version"],
             "latency_ms": batch["latency_ms"],
