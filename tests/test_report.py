@@ -423,6 +423,36 @@ def test_learning_curve_ends_early_instead_of_overrunning(binary_inputs: ReportI
     assert "The curve stops" not in section(build_report(binary_inputs), "learning-curves")
 
 
+class _SlowFit(LogisticRegression):
+    """Logistic regression whose fit takes 20 ms per row: a curve whose cost is known."""
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> _SlowFit:
+        import time
+
+        time.sleep(0.02 * len(X))
+        return super().fit(X, y, sample_weight)
+
+
+def test_learning_curve_does_not_start_a_size_it_cannot_finish(
+    binary_inputs: ReportInputs,
+) -> None:
+    import time
+
+    from shipml.evaluation.inspection import learning_curve_scores
+
+    estimator = clone(binary_inputs.learning_estimator).set_params(model=_SlowFit())
+    X, y = binary_inputs.X_train, binary_inputs.y_train
+    # 150 rows: 3 folds at sizes 10, 32, 55, ... cost 0.6 s, 1.9 s, 3.3 s, ...: with 4.2 s the
+    # third size would end past them (it would start at 2.5 s), so the curve stops after two.
+    seconds = 3 * 0.02 * (10 + 32 + 0.5 * 55)
+    started = time.monotonic()
+    sizes, _, valid = learning_curve_scores(
+        estimator, X, y, "roc_auc", "classification", 150, 0, seconds=seconds
+    )
+    assert list(sizes) == [10, 32] and valid.shape == (2, 3)
+    assert time.monotonic() - started < seconds
+
+
 def test_report_plan_fits_the_time_left() -> None:
     from shipml.training.reporting import plan_report
 

@@ -283,6 +283,11 @@ class RunRecorder:
         self.store.client.set_terminated(self.run_id, status)
 
 
+def import_serializer() -> None:
+    """Import skops.io, the model serializer (a few seconds the first time in a process)."""
+    import skops.io  # noqa: F401
+
+
 def close_stale_runs(store: Store) -> int:
     """Mark runs left RUNNING by a killed `shipml train` as KILLED; returns how many."""
     closed = 0

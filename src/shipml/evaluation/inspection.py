@@ -148,8 +148,9 @@ def learning_curve_scores(
     (one column per fold), from refitting the unfitted ``estimator`` on growing subsets with
     3-fold CV (stratified for classification) on at most ``max_rows`` sampled rows.
 
-    Sizes run smallest first; with ``seconds``, no larger size starts once they are spent (the
-    curve then ends early: at least the smallest size is always scored)."""
+    Sizes run smallest first; with ``seconds``, no larger size starts that would end past them,
+    going by the last size's time scaled to the next size's rows (the curve then ends early: at
+    least the smallest size is always scored)."""
     from sklearn.base import clone
     from sklearn.metrics import get_scorer
     from sklearn.model_selection import KFold, StratifiedKFold
@@ -168,9 +169,13 @@ def learning_curve_scores(
     done: list[int] = []
     train_scores: list[list[float]] = []
     valid_scores: list[list[float]] = []
+    last_seconds = 0.0
     for size in sizes:
-        if done and seconds is not None and time.monotonic() - started > seconds:
-            break
+        if done and seconds is not None:
+            expected = last_seconds * size / done[-1]  # fits grow at most with their rows
+            if time.monotonic() - started + expected > seconds:
+                break
+        size_started = time.monotonic()
         row_train, row_valid = [], []
         for order, (_, valid) in zip(orders, splits, strict=True):
             subset = order[:size]
@@ -184,6 +189,7 @@ def learning_curve_scores(
                 row_train.append(np.nan)
                 row_valid.append(np.nan)
         done.append(size)
+        last_seconds = time.monotonic() - size_started
         train_scores.append(row_train)
         valid_scores.append(row_valid)
     sign = 1.0 if metric_spec(metric).greater_is_better else -1.0

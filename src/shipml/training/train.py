@@ -466,6 +466,10 @@ def train(
 
     store = registry.open_store(root, config.name, config.tracking_uri)
     registry.close_stale_runs(store)
+    # Registration needs skops, whose first import takes seconds (it lists every scikit-learn
+    # estimator, importing torch on the way): paid here, inside the budget the search adapts
+    # to, not after the search where the run would go over its time.
+    registry.import_serializer()
     recorder = registry.RunRecorder(
         store,
         datetime.now(UTC).strftime("train-%Y%m%d-%H%M%S"),
