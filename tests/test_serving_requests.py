@@ -162,3 +162,12 @@ def test_an_answer_frame_is_not_needed(models: RequestModels) -> None:
     values = models.fast_values(body)
     assert values is not None
     assert not any(isinstance(v, pd.Series | np.ndarray) for column in values for v in column)
+
+
+@pytest.mark.parametrize("n", [1, 3, 10_001])  # kept per size up to 10,000 rows, built above
+def test_batch_request_ids_come_from_the_template_in_row_order(n: int) -> None:
+    from shipml.serving.app import _ID_HOLE, _batch_ids
+
+    batch_id = "0123456789abcdef0123456789abcdef"
+    ids = json.loads(_batch_ids(n).replace(_ID_HOLE, batch_id.encode()))
+    assert ids == [f"{batch_id}-{i}" for i in range(n)]

@@ -372,10 +372,15 @@ _ENCODE = msgspec.json.Encoder().encode
 _ID_HOLE = b"#" * 32  # where a batch's id goes in ``_batch_ids`` (new_id gives 32 characters)
 
 
-@functools.lru_cache(maxsize=16)
 def _batch_ids(n: int) -> bytes:
     """The JSON list of a batch's request ids, '<batch id>-<row>', with ``_ID_HOLE`` for the
-    batch id (one ``bytes.replace`` per answer instead of n formatted strings)."""
+    batch id (one ``bytes.replace`` per answer instead of n formatted strings). Kept for a few
+    sizes up to 10,000 rows (about 40 bytes a row)."""
+    return _ids_template(n) if n <= 10_000 else _ids_template.__wrapped__(n)
+
+
+@functools.lru_cache(maxsize=8)
+def _ids_template(n: int) -> bytes:
     return _ENCODE([f"{_ID_HOLE.decode()}-{i}" for i in range(n)])
 
 
