@@ -31,25 +31,30 @@ def _customers() -> pd.DataFrame:
     return df
 
 
-@pytest.fixture(scope="module")
-def served_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("serve")
+def _trained_forest(folder: Path, df: pd.DataFrame, trees: int, serving: dict) -> Path:
+    """A project whose champion is a plain random forest of ``trees`` trees, trained."""
 
     def edit(raw: dict) -> None:
         raw["features"]["exclude"] = ["customer_id"]
         raw["training"].update(
             models=["random_forest"],
             baselines=False,
-            params={"random_forest": {"n_estimators": 50}},
+            params={"random_forest": {"n_estimators": trees}},
             trials=0,
             ensemble=False,
         )
-        raw["serving"] = {"max_batch_rows": MAX_BATCH, "max_body_bytes": 100_000}
+        raw["serving"] = serving
 
-    config = make_project(folder, _customers(), "churned", edit)
+    config = make_project(folder, df, "churned", edit)
     result = run_cli("train", "-c", config)
     assert result.exit_code == 0, result.all
     return config
+
+
+@pytest.fixture(scope="module")
+def served_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    serving = {"max_batch_rows": MAX_BATCH, "max_body_bytes": 100_000}
+    return _trained_forest(tmp_path_factory.mktemp("serve"), _customers(), 50, serving)
 
 
 @pytest.fixture(scope="module")
@@ -139,22 +144,8 @@ def strict_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model with no date column: batches in the strict form (every row an object of the
     model's columns) are read by msgspec and go into the matrices without arrays in between."""
     folder = tmp_path_factory.mktemp("serve-strict")
-
-    def edit(raw: dict) -> None:
-        raw["features"]["exclude"] = ["customer_id"]
-        raw["training"].update(
-            models=["random_forest"],
-            baselines=False,
-            params={"random_forest": {"n_estimators": 30}},
-            trials=0,
-            ensemble=False,
-        )
-        raw["serving"] = {"max_batch_rows": MAX_BATCH}
-
-    config = make_project(folder, _customers().drop(columns=["signup_date"]), "churned", edit)
-    result = run_cli("train", "-c", config)
-    assert result.exit_code == 0, result.all
-    return config
+    no_dates = _customers().drop(columns=["signup_date"])
+    return _trained_forest(folder, no_dates, 30, {"max_batch_rows": MAX_BATCH})
 
 
 def test_strict_batches_are_scored_answered_and_logged_as_sent(strict_project: Path) -> None:

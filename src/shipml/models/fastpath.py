@@ -151,7 +151,17 @@ class _Numeric:
         return True
 
 
-_STRICT_CATEGORY_KINDS = frozenset({str, int, float, type(None)})
+def _category_key(value: Any, fill: str) -> str | None:
+    """The category a validated value (string, number, boolean, None) is looked up as, as
+    ``value_columns`` then ``transform`` convert it; None for a value of another kind."""
+    kind = value.__class__
+    if kind is str:
+        return value if value.strip() else fill
+    if value is None or (kind is float and value != value):
+        return fill
+    if kind is int or kind is float or kind is bool:
+        return category_str(value)
+    return None
 
 
 @dataclass
@@ -198,15 +208,8 @@ class _Categorical:
         after ``value_columns``; False for a value of another kind."""
         out[:] = 0.0
         for j, name in enumerate(self.columns):
-            value = row[name]
-            kind = value.__class__
-            if kind is str:
-                key = value if value.strip() else self.fill[j]
-            elif value is None or (kind is float and value != value):
-                key = self.fill[j]
-            elif kind is int or kind is float or kind is bool:
-                key = category_str(value)
-            else:
+            key = _category_key(row[name], self.fill[j])
+            if key is None:
                 return False
             index = self.lookups[j].get(key, self.unknown[j])
             if index >= 0:
@@ -225,15 +228,9 @@ class _Categorical:
             lookup, unknown, fill = self.lookups[j], self.unknown[j], self.fill[j]
             index_of: dict[Any, int] = {}
             for value in set(column):  # (1 and 1.0 are one key: both are the category '1')
-                kind = value.__class__
-                if kind not in _STRICT_CATEGORY_KINDS:
+                key = _category_key(value, fill)
+                if key is None or value.__class__ is bool:  # (True and 1: one key, two categories)
                     return False
-                if kind is str:
-                    key = value if value.strip() else fill
-                elif value is None or value != value:
-                    key = fill
-                else:
-                    key = category_str(value)
                 index_of[value] = lookup.get(key, unknown)
             indices = np.fromiter(map(index_of.__getitem__, column), np.intp, count=n)
             hit = np.flatnonzero(indices >= 0)

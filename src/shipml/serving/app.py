@@ -209,12 +209,10 @@ class ServedModel:
         fast = self.fast
         if fast is None:
             return self.outputs(values)
-        matrices = None
-        if strict:
-            matrices = fast.matrices_of_lists(dict(zip(self.columns, values, strict=True)), n)
+        named = dict(zip(self.columns, values, strict=True))
+        matrices = fast.matrices_of_lists(named, n) if strict else None
         if matrices is None:
-            columns = value_columns(dict(zip(self.columns, values, strict=True)), self.schema)
-            matrices = fast.matrices(columns, n)
+            matrices = fast.matrices(value_columns(named, self.schema), n)
         inputs = fast.tree_inputs(matrices)
         if inputs is None:
             return np.asarray(fast.combine(matrices, None, n))
