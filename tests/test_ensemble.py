@@ -6,15 +6,18 @@ import time
 
 import numpy as np
 import pandas as pd
+import pytest
 import skops.io as sio
 from sklearn.datasets import load_breast_cancer
+from sklearn.metrics import roc_auc_score
 
 from shipml.config import FeaturesConfig
 from shipml.data.infer import infer_schema
 from shipml.features import trusted_types_for
 from shipml.models.bagged import BaggedEnsemble
 from shipml.models.catalog import CATALOG
-from shipml.training.ensemble import greedy_ensemble
+from shipml.training import ensemble as ensemble_module
+from shipml.training.ensemble import _binary_auc, greedy_ensemble
 from shipml.training.folds import prepare_folds
 from shipml.training.leaderboard import CandidateResult, fold_metrics
 
@@ -84,6 +87,38 @@ def test_no_ensemble_when_one_model_is_best_alone() -> None:
     wrong = _candidate("wrong", [_proba([0.1, 0.1, 0.9, 0.9])], [y])
     assert greedy_ensemble([perfect, wrong], [y], CLASSES, "accuracy", METRICS) is None
     assert greedy_ensemble([perfect], [y], CLASSES, "accuracy", METRICS) is None
+
+
+def test_rank_auc_of_the_rounds_is_scikit_learns_roc_auc(monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.array(["no", "yes"])
+    targets = [pd.Series(rng.choice(labels, 300, p=[0.8, 0.2])) for _ in range(3)]
+    # Rounded scores: many ties, which both must count as half.
+    outputs = [_proba(np.round(rng.random(300), 1)) for _ in targets]
+    auc = _binary_auc(targets, labels)
+    assert auc is not None
+    for i, (y, output) in enumerate(zip(targets, outputs, strict=True)):
+        expected = roc_auc_score(y == "yes", output[:, 1])
+        assert auc(i, output) == pytest.approx(expected, abs=1e-12)
+    assert _binary_auc(targets, np.array(["a", "b", "c"])) is None  # multiclass
+    assert _binary_auc([pd.Series(["no"] * 5)], labels) is None  # one class in a fold
+
+    # The same members either way.
+    metrics = ("roc_auc",)
+    pool = []
+    for name in "abcd":
+        result = CandidateResult(name, name, False, {})
+        result.fold_outputs = [_proba(rng.random(300)) * 0.5 + o * 0.5 for o in outputs]
+        for y, output in zip(targets, result.fold_outputs, strict=True):
+            for m, v in fold_metrics(y, output, labels, metrics).items():
+                result.fold_scores.setdefault(m, []).append(v)
+        pool.append(result)
+    fast = greedy_ensemble(pool, targets, labels, "roc_auc", metrics)
+    monkeypatch.setattr(ensemble_module, "_binary_auc", lambda targets, classes: None)
+    general = greedy_ensemble(pool, targets, labels, "roc_auc", metrics)
+    assert fast is not None and general is not None
+    assert fast.members == general.members
+    assert fast.fold_scores == general.fold_scores
 
 
 def test_bagged_ensemble_round_trips_through_skops_and_applies_its_threshold() -> None:

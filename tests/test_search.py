@@ -46,10 +46,11 @@ def test_fixed_trials_are_reproducible_and_every_trial_is_on_the_board(small_fol
     second = _search(small_folds, 6)
     assert first.trials == second.trials == 6
     names = [r.name for r in first.leaderboard.results]
-    assert names[:3] == ["majority", "logistic_regression", "lightgbm"]
-    # Six trials beyond the defaults, numbered after each family's default (trial 0).
-    tuned = [r for r in first.leaderboard.results if r.trial > 0]
-    assert len(tuned) == 6
+    # The defaults and LightGBM's early portfolio configuration open the board.
+    assert names[:4] == ["majority", "logistic_regression", "lightgbm", "lightgbm#1"]
+    # Six trials beyond them, numbered after each family's earlier ones.
+    tuned = first.leaderboard.results[4:]
+    assert len(tuned) == 6 and all(r.trial > 0 for r in tuned)
     assert {r.family for r in tuned} <= {"logistic_regression", "lightgbm"}
     assert [r.config for r in first.leaderboard.results] == [
         r.config for r in second.leaderboard.results
@@ -62,8 +63,9 @@ def test_fixed_trials_are_reproducible_and_every_trial_is_on_the_board(small_fol
 
 
 def test_another_seed_samples_other_trials(small_folds) -> None:
-    a = _search(small_folds, 3, seed=1)
-    b = _search(small_folds, 3, seed=2)
+    # Beyond the portfolio configurations, which every seed tries alike.
+    a = _search(small_folds, 5, seed=1)
+    b = _search(small_folds, 5, seed=2)
     configs = lambda s: [r.config for r in s.leaderboard.results if r.trial > 0]  # noqa: E731
     assert configs(a) != configs(b)
 
@@ -191,7 +193,8 @@ def test_log_target_reaches_every_candidate_but_the_mean() -> None:
     for r in by_family["ridge"] + by_family["lightgbm"]:
         assert r.status == "ok"
         assert r.config["target_transform"] == r.params["target_transform"] == "log"
-    assert len(by_family["lightgbm"]) + len(by_family["ridge"]) == 2 + 2  # defaults + trials
+    # defaults, the early portfolio configuration, two trials
+    assert len(by_family["lightgbm"]) + len(by_family["ridge"]) == 2 + 1 + 2
 
 
 def test_catboost_cross_validates_with_class_weights(small_folds) -> None:
@@ -270,11 +273,35 @@ def test_vectorised_threshold_scores_match_scikit_learn() -> None:
 
 def test_portfolio_configurations_are_tried_first(small_folds) -> None:
     family = families_for("classification", ["lightgbm"])[-1]
-    result = _search(small_folds, 2)
+    result = _search(small_folds, len(family.portfolio) - family.early)
     tuned = [r for r in result.leaderboard.results if r.trial > 0]
-    assert [r.family for r in tuned] == ["lightgbm", "lightgbm"]
+    assert [r.family for r in tuned] == ["lightgbm"] * len(family.portfolio)
+    assert [r.trial for r in tuned] == list(range(1, len(family.portfolio) + 1))
     for r, config in zip(tuned, family.portfolio, strict=True):
         assert {k: r.config[k] for k in config} == config
+
+
+def test_a_portfolio_trial_is_costed_by_its_work(small_folds) -> None:
+    """Seconds per unit of work from the family's runs so far, times the configuration's
+    work: the small-tree configuration is expected to cost a fraction of the large one."""
+    family = families_for("classification", ["lightgbm"])[-1]
+    assert family.work is not None and family.early == 1
+    search = Search(
+        [family], small_folds, "classification", "roc_auc", TrainingConfig(), 1e12, None
+    )
+    search.run_defaults()
+    runs = [r for r in search.results if r.status == "ok"]
+    assert [r.trial for r in runs] == [0, 1]  # the defaults and the early configuration
+    rate = np.mean([r.fit_seconds / family.work(r.config) for r in runs])
+    small, large = family.portfolio[0], family.portfolio[-1]
+    assert search.cost(family, small) == pytest.approx(rate * family.work(small))
+    assert search.cost(family, large) / search.cost(family, small) == pytest.approx(
+        family.work(large) / family.work(small)
+    )
+    assert family.work(large) > 10 * family.work(small)
+    # A sampled trial's configuration is not known ahead: twice the defaults' time (the early
+    # configuration is not a sampled trial).
+    assert search.cost(family) == pytest.approx(2 * runs[0].fit_seconds)
 
 
 def test_fixed_params_hold_in_defaults_and_every_trial(small_folds) -> None:

@@ -51,10 +51,13 @@ def test_fixed_trials_reproduce_the_same_model(tmp_path: Path) -> None:
         results.append((sorted(board), version.test_metrics, project.predict(new)))
     (board_a, test_a, scored_a), (board_b, test_b, scored_b) = results
     assert board_a == board_b
-    # Every candidate and trial is a child run: baselines, defaults, 4 trials, maybe the ensemble.
+    # Every candidate and trial is a child run: baselines, defaults, LightGBM's early portfolio
+    # configuration, 4 trials, maybe the ensemble.
     names = [n for n, _ in board_a]
-    assert {"majority", "logistic_regression", "lightgbm", "random_forest"} <= set(names)
-    assert len([n for n in names if "#" in n]) == 4
+    assert {"majority", "logistic_regression", "lightgbm", "lightgbm#1", "random_forest"} <= set(
+        names
+    )
+    assert len([n for n in names if "#" in n]) == 1 + 4
     assert test_a == test_b
     pd.testing.assert_frame_equal(scored_a, scored_b)
 

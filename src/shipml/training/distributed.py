@@ -250,20 +250,22 @@ class RaySearch(Search):
         return outcome
 
     def run_defaults(self) -> None:
-        """Every family's defaults start at once; they are read back in catalog order."""
+        """Every run of the opening starts at once; they are read back in order."""
         plans = []
-        for family in self.families:
-            config = self.defaults_config(family)
+        for family, trial, config in self.opening():
             out_of_time = not family.baseline and self.time_left() <= 0
-            plans.append((family, config, None if out_of_time else self.launch(family, config)))
-        for family, config, launched in plans:
+            launched = None if out_of_time else self.launch(family, config)
+            plans.append((family, trial, config, launched))
+        for family, trial, config, launched in plans:
             if launched is None:
-                self.skipped(family, "time budget used up")
+                self.skipped(family, "time budget used up", trial, config)
             else:
-                self.evaluate(family, 0, config, budgeted=not family.baseline, launched=launched)
+                self.evaluate(
+                    family, trial, config, budgeted=not family.baseline, launched=launched
+                )
 
-    def cost(self, family: Family) -> float:
+    def cost(self, family: Family, config: Params | None = None) -> float:
         """Wall-clock seconds: a trial's folds run side by side, sharing the cluster's CPUs
         with the other trials in flight."""
         share = max(1 / len(self.folds), self.parallel / self.cluster.cpus)
-        return super().cost(family) * share
+        return super().cost(family, config) * share

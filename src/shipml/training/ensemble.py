@@ -11,9 +11,11 @@ candidates, it joins the leaderboard and wins only when it beats every single mo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from shipml.evaluation.metrics import METRICS
 from shipml.training.leaderboard import CandidateResult, fold_metrics
@@ -34,6 +36,29 @@ def _score(
     return per_metric
 
 
+def _binary_auc(
+    targets: list[pd.Series], classes: np.ndarray | None
+) -> Callable[[int, np.ndarray], float] | None:
+    """Fold ``i``'s ROC AUC of a binary output from the ranks (Mann-Whitney U): the value
+    scikit-learn's roc_auc_score gives, ties included, in a twentieth of its time, for the
+    ensemble's thousand or so scorings. None where that does not apply (multiclass, or a fold
+    with one class: the general path handles those)."""
+    if classes is None or len(classes) != 2:
+        return None
+    positives = [np.asarray(y) == classes[1] for y in targets]
+    if any(p.all() or not p.any() for p in positives):
+        return None
+
+    def auc(i: int, output: np.ndarray) -> float:
+        positive = positives[i]
+        n_pos = int(positive.sum())
+        n_neg = len(positive) - n_pos
+        ranks = scipy.stats.rankdata(output[:, 1])
+        return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+    return auc
+
+
 def greedy_ensemble(
     results: list[CandidateResult],
     targets: list[pd.Series],
@@ -52,8 +77,11 @@ def greedy_ensemble(
     if len(pool) < 2:
         return None
     sign = 1.0 if METRICS[metric].greater_is_better else -1.0
+    rounds_metric = _binary_auc(targets, classes) if metric == "roc_auc" else None
 
     def mean_score(outputs: list[np.ndarray]) -> float:
+        if rounds_metric is not None:
+            return sign * float(np.mean([rounds_metric(i, o) for i, o in enumerate(outputs)]))
         values = _score(outputs, targets, classes, (metric,))[metric]
         return sign * float(np.mean(values))
 

@@ -277,19 +277,42 @@ class Search:
             config[TARGET_TRANSFORM] = self.target_transform
         return config
 
-    def run_defaults(self) -> None:
-        for family in self.families:
-            if not family.baseline and self.time_left() <= 0:
-                self.skipped(family, "time budget used up")
-                continue
-            self.evaluate(family, 0, self.defaults_config(family), budgeted=not family.baseline)
+    def portfolio_config(self, family: Family, config: Params) -> Params:
+        """A portfolio configuration as a trial runs it: the defaults' class weighting."""
+        weight = self.defaults_config(family).get("class_weight")
+        if family.class_weight and self.task == "classification":
+            config = {**config, "class_weight": weight}
+        return self._with_transform(family, {**config, **self.fixed.get(family.name, {})})
 
-    def cost(self, family: Family) -> float:
-        """Seconds one more trial of ``family`` is expected to take."""
+    def opening(self) -> list[tuple[Family, int, Params]]:
+        """What runs before the search, in order: each family's defaults (trial 0), then its
+        early portfolio configurations (trials 1, 2, ...)."""
+        plan = []
+        for family in self.families:
+            plan.append((family, 0, self.defaults_config(family)))
+            for i, config in enumerate(family.portfolio[: family.early]):
+                plan.append((family, i + 1, self.portfolio_config(family, config)))
+        return plan
+
+    def run_defaults(self) -> None:
+        for family, trial, config in self.opening():
+            if not family.baseline and self.time_left() <= 0:
+                self.skipped(family, "time budget used up", trial, config)
+                continue
+            self.evaluate(family, trial, config, budgeted=not family.baseline)
+
+    def cost(self, family: Family, config: Params | None = None) -> float:
+        """Seconds one more trial of ``family`` is expected to take: of ``config`` (known for
+        a portfolio configuration), from the family's seconds per unit of work so far;
+        otherwise from its trials so far, or a multiple of its defaults' time."""
         runs = [r for r in self.results if r.family == family.name and r.status == "ok"]
         if not runs:
             return math.inf
-        tuned = [r.fit_seconds for r in runs if r.trial > 0]
+        if config is not None and family.work is not None:
+            work = family.work
+            rate = np.mean([r.fit_seconds / max(work(r.config), 1e-9) for r in runs])
+            return float(rate * work(config))
+        tuned = [r.fit_seconds for r in runs if r.trial > family.early]
         if tuned:
             return float(np.mean(tuned))
         return TRIAL_COST_FACTOR * runs[0].fit_seconds
@@ -360,13 +383,20 @@ class Search:
             candidates = tunable
         else:
             left = self.time_left()
-            candidates = [f for f in tunable if self.cost(f) < left]
+            candidates = [f for f in tunable if self.cost(f, self._queued(f, turns_taken)) < left]
             if not candidates:
                 return None
         # Portfolio configurations first (they are strong where the defaults are not),
         # then turns by standing.
-        pending = [f for f in candidates if turns_taken[f.name] < len(f.portfolio)]
+        pending = [f for f in candidates if self._queued(f, turns_taken) is not None]
         return pending[0] if pending else self.next_family(candidates, turns_taken)
+
+    def _queued(self, family: Family, turns_taken: dict[str, int]) -> Params | None:
+        """The portfolio configuration ``family``'s next trial runs, if one is still queued."""
+        index = family.early + turns_taken[family.name]
+        if index >= len(family.portfolio):
+            return None
+        return self.portfolio_config(family, family.portfolio[index])
 
     def _space(self, family: Family, trial: Any) -> Params:
         assert family.space is not None
@@ -378,23 +408,36 @@ class Search:
         return self._with_transform(family, config)
 
     def _seed_study(self, study: Any, family: Family) -> None:
-        """The default-hyperparameter run is the study's first trial, so TPE starts from it."""
-        default = next(r for r in self.results if r.family == family.name and r.trial == 0)
+        """The runs before the search (the defaults, the early portfolio configurations) are
+        the study's first trials, so TPE starts from them; the rest of the portfolio is
+        queued to go next."""
+        import optuna
+
         fixed = self.fixed.get(family.name, {})
-        enqueued = {
-            k: v for k, v in default.config.items() if k != TARGET_TRANSFORM and k not in fixed
-        }
-        if family.class_weight and self.task == "classification":
-            enqueued["class_weight"] = default.config.get("class_weight") or "none"
-        study.enqueue_trial(enqueued, skip_if_exists=True)
-        trial = study.ask()
-        self._space(family, trial)  # registers the distributions with the enqueued values
-        study.tell(trial, self.sign * default.mean(self.metric))
-        for config in family.portfolio:
-            weight = (
-                {"class_weight": enqueued["class_weight"]} if "class_weight" in enqueued else {}
-            )
-            study.enqueue_trial({**config, **weight}, skip_if_exists=True)
+        weighted = family.class_weight and self.task == "classification"
+
+        def as_trial(config: Params) -> Params:
+            values = {k: v for k, v in config.items() if k != TARGET_TRANSFORM and k not in fixed}
+            if weighted:
+                values["class_weight"] = config.get("class_weight") or "none"
+            return values
+
+        opened = sorted(
+            (r for r in self.results if r.family == family.name and r.trial <= family.early),
+            key=lambda r: r.trial,
+        )
+        for r in opened:
+            study.enqueue_trial(as_trial(r.config))
+            trial = study.ask()
+            self._space(family, trial)  # registers the distributions with the enqueued values
+            if r.status == "ok":
+                study.tell(trial, self.sign * r.mean(self.metric))
+            else:  # stopped or skipped for time: nothing learned
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        weight = as_trial(opened[0].config) if opened else {}
+        for config in family.portfolio[family.early :]:
+            extra = {"class_weight": weight["class_weight"]} if "class_weight" in weight else {}
+            study.enqueue_trial({**config, **extra}, skip_if_exists=True)
 
     def _optuna_trial(
         self, study: Any, family: Family, trial: Any, config: Params, launched: Any, budgeted: bool
