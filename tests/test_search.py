@@ -80,6 +80,34 @@ def test_a_time_budget_stops_the_search(small_folds) -> None:
     assert result.leaderboard.results[-1].status in ("ok", "pruned", "stopped")  # ...and stopped
 
 
+def test_a_default_that_cannot_finish_is_not_started(small_folds) -> None:
+    """Once the time left is under the cheapest defaults seen, a family's defaults are skipped
+    (not started and stopped after a fold); the early configuration runs while its work fits."""
+    config = TrainingConfig(ensemble=False)
+    families = families_for("classification", ["lightgbm", "random_forest"])
+    deadline = time.monotonic() + 3600
+    left: dict[str, float] = {}
+
+    def reserve(results: list[CandidateResult]) -> float:
+        # Once LightGBM's defaults are in, a little less than their time is left: enough for
+        # the early configuration (a tenth of their work), not for another family's defaults.
+        done = len(small_folds)
+        runs = [r for r in results if r.name == "lightgbm" and len(r.fold_outputs) == done]
+        if not runs:
+            return 0.0
+        left.setdefault("after", 0.95 * runs[0].fit_seconds)
+        return deadline - time.monotonic() - left["after"]
+
+    search = Search(
+        families, small_folds, "classification", "roc_auc", config, deadline, None,
+        reserve=reserve,
+    )  # fmt: skip
+    search.run_defaults()
+    statuses = {r.name: (r.status, r.reason) for r in search.results}
+    assert statuses["lightgbm"][0] == statuses["lightgbm#1"][0] == "ok"
+    assert statuses["random_forest"] == ("skipped", "time budget used up")
+
+
 def test_pruned_trials_stop_early(small_folds) -> None:
     config = TrainingConfig(trials=0)
     family = families_for("classification", ["lightgbm"])[-1]

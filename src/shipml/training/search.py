@@ -296,10 +296,25 @@ class Search:
 
     def run_defaults(self) -> None:
         for family, trial, config in self.opening():
-            if not family.baseline and self.time_left() <= 0:
+            if not family.baseline and self.time_left() <= self.opening_cost(family, trial, config):
                 self.skipped(family, "time budget used up", trial, config)
                 continue
             self.evaluate(family, trial, config, budgeted=not family.baseline)
+
+    def opening_cost(self, family: Family, trial: int, config: Params) -> float:
+        """The least a run of the opening is expected to take: an early portfolio configuration
+        from its work, a family's defaults (whose cost nothing tells yet) no less than the
+        cheapest defaults so far. A run expected not to finish is not started: it would be
+        stopped after a fold, its time lost to the search."""
+        if trial > 0:
+            expected = self.cost(family, config)
+            return 0.0 if math.isinf(expected) else expected
+        spent = [
+            r.fit_seconds
+            for r in self.results
+            if not r.baseline and r.trial == 0 and r.status == "ok" and r.family
+        ]
+        return min(spent) if spent else 0.0
 
     def cost(self, family: Family, config: Params | None = None) -> float:
         """Seconds one more trial of ``family`` is expected to take: of ``config`` (known for
