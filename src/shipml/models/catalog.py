@@ -201,6 +201,10 @@ def _forest_space(trial: optuna.Trial) -> Params:
     }
 
 
+def _forest_work(config: Params) -> float:
+    return float(config["n_estimators"])
+
+
 def _hist_gradient_boosting(task: str) -> Callable[[Params, int], BaseEstimator]:
     cls = (
         HistGradientBoostingClassifier
@@ -218,6 +222,10 @@ def _hgb_space(trial: optuna.Trial) -> Params:
         "min_samples_leaf": trial.suggest_int("min_samples_leaf", 3, 100, log=True),
         "l2_regularization": trial.suggest_float("l2_regularization", 1e-8, 10.0, log=True),
     }
+
+
+def _hgb_work(config: Params) -> float:
+    return float(config["max_iter"]) * math.sqrt(float(config["max_leaf_nodes"]))
 
 
 def deep_available() -> bool:
@@ -302,14 +310,6 @@ def _logistic_space(trial: optuna.Trial) -> Params:
 
 def _ridge_space(trial: optuna.Trial) -> Params:
     return {"alpha": trial.suggest_float("alpha", 1e-3, 1e3, log=True)}
-
-
-def _forest_work(config: Params) -> float:
-    return float(config["n_estimators"])
-
-
-def _hgb_work(config: Params) -> float:
-    return float(config["max_iter"]) * math.sqrt(float(config["max_leaf_nodes"]))
 
 
 def _stronger(task: str) -> list[Family]:

@@ -449,9 +449,9 @@ class Search:
                 study.tell(trial, self.sign * r.mean(self.metric))
             else:  # stopped or skipped for time: nothing learned
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        weight = as_trial(opened[0].config) if opened else {}
+        weight = self.defaults_config(family).get("class_weight") or "none"
         for config in family.portfolio[family.early :]:
-            extra = {"class_weight": weight["class_weight"]} if "class_weight" in weight else {}
+            extra = {"class_weight": weight} if weighted else {}
             study.enqueue_trial({**config, **extra}, skip_if_exists=True)
 
     def _optuna_trial(
