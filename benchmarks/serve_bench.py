@@ -37,7 +37,6 @@ import os
 # Before shipml (and so MLflow) is imported: no telemetry from a benchmark run.
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "1"
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import atexit

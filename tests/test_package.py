@@ -6,18 +6,24 @@ import os
 import subprocess
 import sys
 
-CODE = "import os, shipml; print(os.environ['OMP_WAIT_POLICY'])"
+CODE = (
+    "import os, shipml; "
+    "print(os.environ.get('GOMP_SPINCOUNT', '-'), os.environ.get('OMP_WAIT_POLICY', '-'))"
+)
 
 
-def _run(env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True)
+def _run(**settings: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run(
+        [sys.executable, "-c", CODE], env={**env, **settings}, capture_output=True, text=True
+    )
     return done.stdout.strip()
 
 
-def test_importing_shipml_sets_a_passive_openmp_wait_policy() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    assert _run(env) == "PASSIVE"
+def test_importing_shipml_sets_a_short_openmp_spin() -> None:
+    assert _run() == "1000 -"
 
 
-def test_the_users_own_wait_policy_wins() -> None:
-    assert _run({**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+def test_the_users_own_openmp_settings_win() -> None:
+    assert _run(OMP_WAIT_POLICY="PASSIVE") == "- PASSIVE"
+    assert _run(GOMP_SPINCOUNT="5") == "5 -"

@@ -463,3 +463,30 @@ def test_report_plan_fits_the_time_left() -> None:
     assert tight.learning_seconds < 6.0
     hopeless = plan_report(4.0, 500, 10, 1e-5, 4000, 5.0)
     assert hopeless.learning_rows == 0 and "learning curves skipped" in hopeless.learning_skipped
+
+
+def test_the_search_leaves_the_report_what_the_best_candidate_needs() -> None:
+    from shipml.training.leaderboard import CandidateResult
+    from shipml.training.reporting import FINISH_FIXED_S, finish_reserve, report_reserve
+
+    def result(name: str, score: float, seconds: float, baseline: bool = False) -> Any:
+        r = CandidateResult(name, name, baseline, {}, family=name, fit_seconds=seconds)
+        r.fold_scores = {"roc_auc": [score] * 5}
+        r.fold_outputs = [np.zeros(2)] * 5
+        return r
+
+    assert finish_reserve(60.0, [], "roc_auc") == report_reserve(60.0)  # nothing known yet
+    small = result("lightgbm", 0.66, 0.5)  # five folds of a few small trees
+    slow = result("random_forest", 0.60, 20.0)
+    reserve = finish_reserve(60.0, [slow, small], "roc_auc")
+    assert FINISH_FIXED_S < reserve < FINISH_FIXED_S + 1.0
+    # The best candidate sets it, and a slow one is capped at the budget's share.
+    assert finish_reserve(
+        60.0, [small, result("catboost", 0.7, 20.0)], "roc_auc"
+    ) == report_reserve(60.0)
+    # Baselines (refitted in an instant anyway) do not count.
+    lone = finish_reserve(60.0, [slow, result("logistic_regression", 0.9, 0.1, True)], "roc_auc")
+    assert lone == report_reserve(60.0)
+    # For an error metric, lower is better.
+    low = result("ridge", 10.0, 0.5)
+    assert finish_reserve(60.0, [low, result("lightgbm", 99.0, 20.0)], "rmse") < 6.0

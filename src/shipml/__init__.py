@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-# LightGBM and scikit-learn's tree code use OpenMP, whose default spin-waiting makes two-thread
-# training several times slower as soon as another process shares the cores (see
+# LightGBM and scikit-learn's tree code use OpenMP (GNU libgomp). Its default spin-wait (300,000
+# turns) makes two-thread training several times slower as soon as another process shares the
+# cores; no spin at all (OMP_WAIT_POLICY=PASSIVE) makes it up to nine times slower on an idle
+# machine, where a sleeping thread wakes slowly. A short spin is fast on both (see
 # benchmarks/omp_wait.py). Set before any of them is imported; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 __version__ = "0.1.0"
 __all__ = ["DriftResult", "Project", "ShipmlError", "__version__", "detect_drift"]

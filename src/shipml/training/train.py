@@ -49,9 +49,9 @@ from shipml.training.leaderboard import Leaderboard
 from shipml.training.reporting import (
     MIN_REPORT_S,
     ScoredModel,
+    finish_reserve,
     plan_report,
     report_notes,
-    report_reserve,
     write_training_report,
 )
 from shipml.training.search import (
@@ -535,10 +535,9 @@ def train(
             seed,
             ordered,
         )
-        finish_reserve = report_reserve(budget)
 
         def reserve(results: list[Any]) -> float:
-            return refit_seconds(results, metric) + finish_reserve
+            return refit_seconds(results, metric) + finish_reserve(budget, results, metric)
 
         checkpoint_store = _checkpoint_store(config, root, resume, emit)
         emit("stage", name="Cross-validating candidates")
