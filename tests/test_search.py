@@ -332,6 +332,34 @@ def test_a_portfolio_trial_is_costed_by_its_work(small_folds) -> None:
     assert search.cost(family) == pytest.approx(2 * runs[0].fit_seconds)
 
 
+def test_a_trial_cut_short_counts_at_what_all_its_folds_would_take(small_folds) -> None:
+    """A trial stopped for time after one fold would have taken k times that fold: the next
+    trial's expected cost says so, instead of following only the trials that finished."""
+    from shipml.training.leaderboard import CandidateResult
+
+    family = families_for("classification", ["random_forest"])[-1]
+    search = Search(
+        [family], small_folds, "classification", "roc_auc", TrainingConfig(), 1e12, None
+    )
+    k = len(small_folds)
+
+    def trial(number: int, status: str, folds: int, seconds: float) -> CandidateResult:
+        r = CandidateResult(f"random_forest#{number}", "", False, {}, family="random_forest")
+        r.trial, r.status, r.fit_seconds = number, status, seconds
+        r.fold_outputs = [np.zeros(1)] * folds
+        return r
+
+    search.results = [trial(0, "ok", k, 1.0), trial(1, "ok", k, 1.0)]
+    assert search.cost(family) == pytest.approx(1.0)  # the tuned trial so far
+    search.results.append(trial(2, "stopped", 1, 2.0))  # 2 s for one fold: 2k s in all
+    assert search.cost(family) == pytest.approx((1.0 + 2.0 * k) / 2)
+    search.results.append(trial(3, "pruned", 2, 1.0))  # pruned after two folds of 0.5 s
+    assert search.cost(family) == pytest.approx((1.0 + 2.0 * k + 0.5 * k) / 3)
+    # Nothing learned from a trial that never finished a fold, or failed.
+    search.results += [trial(4, "stopped", 0, 0.0), trial(5, "failed", 1, 9.0)]
+    assert search.cost(family) == pytest.approx((1.0 + 2.0 * k + 0.5 * k) / 3)
+
+
 def test_fixed_params_hold_in_defaults_and_every_trial(small_folds) -> None:
     config = TrainingConfig(trials=3, ensemble=False)
     families = families_for("classification", ["random_forest"])

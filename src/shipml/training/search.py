@@ -319,18 +319,26 @@ class Search:
     def cost(self, family: Family, config: Params | None = None) -> float:
         """Seconds one more trial of ``family`` is expected to take: of ``config`` (known for
         a portfolio configuration), from the family's seconds per unit of work so far;
-        otherwise from its trials so far, or a multiple of its defaults' time."""
-        runs = [r for r in self.results if r.family == family.name and r.status == "ok"]
-        if not runs:
+        otherwise from its trials so far, or a multiple of its defaults' time. A trial cut
+        short (pruned, or stopped for time) counts at what all its folds would have taken, so
+        a family whose trials keep being stopped after a fold stops starting them."""
+        if not any(r.family == family.name and r.status == "ok" for r in self.results):
             return math.inf
+        runs = [
+            (r, r.fit_seconds * len(self.folds) / len(r.fold_outputs))
+            for r in self.results
+            if r.family == family.name
+            and r.status in ("ok", "pruned", "stopped")
+            and r.fold_outputs
+        ]
         if config is not None and family.work is not None:
             work = family.work
-            rate = np.mean([r.fit_seconds / max(work(r.config), 1e-9) for r in runs])
+            rate = np.mean([seconds / max(work(r.config), 1e-9) for r, seconds in runs])
             return float(rate * work(config))
-        tuned = [r.fit_seconds for r in runs if r.trial > family.early]
+        tuned = [seconds for r, seconds in runs if r.trial > family.early]
         if tuned:
             return float(np.mean(tuned))
-        return TRIAL_COST_FACTOR * runs[0].fit_seconds
+        return TRIAL_COST_FACTOR * next(seconds for r, seconds in runs if r.status == "ok")
 
     def best_of(self, family: Family) -> float:
         scores = [
