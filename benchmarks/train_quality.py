@@ -307,11 +307,6 @@ def metrics_of(
     return classification_metrics(y, labels, proba, list(outputs["classes"]), only=only)
 
 
-def score(task: str, estimator: Any, X: pd.DataFrame, y: pd.Series) -> dict[str, float]:
-    """shipml's test metrics for a fitted estimator (proba columns follow estimator.classes_)."""
-    return metrics_of(task, y, predict_outputs(task, estimator, X))
-
-
 def cheat_sheet_pipeline(X: pd.DataFrame, task: str) -> Pipeline:
     """The recipe from every cheat sheet: impute, one-hot, random forest."""
     numeric = list(X.select_dtypes("number").columns)
@@ -432,9 +427,8 @@ def run_anchor(split: Split, budget: float, contender: str, workdir: Path) -> Re
         "--out",
         str(folder / "out.json"),
     ]
-    env = dict(os.environ)  # the OpenMP wait this process runs shipml with
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=budget * 10)
+    started = time.perf_counter()  # the environment (OpenMP's wait included) is shipml's
+    done = subprocess.run(command, capture_output=True, text=True, timeout=budget * 10)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         return Result(error=f"exit {done.returncode}: {done.stderr.strip()[-400:]}")
@@ -522,7 +516,6 @@ class Row:
     metric: str
     second: str
     seeds: list[int]
-    task: str = ""
     results: dict[str, list[Result]] = field(default_factory=dict)
     y_tests: list[np.ndarray] = field(default_factory=list)  # per seed
 
@@ -571,16 +564,21 @@ class Row:
         rng = np.random.default_rng(0)
         better = METRICS[self.metric].greater_is_better
         task = "regression" if self.kind == "regression" else "classification"
+        # The outputs as arrays once, not once per resample.
+        arrays = [
+            tuple(
+                {k: (v if k == "classes" else np.asarray(v)) for k, v in r.outputs.items()}
+                for r in pair
+            )
+            for pair in pairs
+        ]
         gaps = []
         for _ in range(draws):
             ours, theirs = [], []
-            for (a, b), y in zip(pairs, self.y_tests, strict=True):
+            for pair, y in zip(arrays, self.y_tests, strict=True):
                 rows = rng.integers(0, len(y), len(y))
-                for result, values in ((a, ours), (b, theirs)):
-                    picked = {
-                        k: (np.asarray(v)[rows] if k != "classes" else v)
-                        for k, v in result.outputs.items()
-                    }
+                for outputs, values in zip(pair, (ours, theirs), strict=True):
+                    picked = {k: (v if k == "classes" else v[rows]) for k, v in outputs.items()}
                     values.append(metrics_of(task, y[rows], picked, [self.metric])[self.metric])
             mine, anchor_value = float(np.mean(ours)), float(np.mean(theirs))
             gaps.append(mine - anchor_value if better else (anchor_value - mine) / anchor_value)
@@ -782,7 +780,6 @@ def main(argv: list[str] | None = None) -> int:
                         split.metric,
                         "accuracy" if split.task == "classification" else "r2",
                         seeds,
-                        split.task,
                     )
                 row.y_tests.append(split.y_test.to_numpy())
                 for contender in shown:

@@ -173,7 +173,12 @@ def refit_seconds(results: list[CandidateResult], metric: str) -> float:
     return sum(1.3 * r.fit_seconds / len(r.fold_outputs) for r in ok[:3])
 
 
+def one_fit_seconds(result: CandidateResult) -> float:
+    """About how long ``result``'s candidate takes to fit on every training row, from its fold
+    fits (each on (k-1)/k of the rows)."""
+    return 1.25 * result.fit_seconds / max(len(result.fold_outputs), 1)
+
+
 def full_fit_seconds(best: CandidateResult, board: Leaderboard) -> float:
     """About how long the learning-curve member takes to fit on every training row."""
-    result = _lead_member(best, board)
-    return 1.25 * result.fit_seconds / max(len(result.fold_outputs), 1)
+    return one_fit_seconds(_lead_member(best, board))

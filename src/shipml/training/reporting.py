@@ -20,7 +20,7 @@ from shipml.evaluation.inspection import LEARNING_FOLDS, LEARNING_SIZES
 from shipml.evaluation.metrics import METRICS
 from shipml.evaluation.report import ReportInputs, build_report, write_report
 from shipml.models.bagged import BaggedEnsemble, labels_for
-from shipml.training.final import ThresholdChoice
+from shipml.training.final import ThresholdChoice, one_fit_seconds
 
 MIN_REPORT_S = 4.0  # the report gets at least this, even when the budget is spent
 IMPORTANCE_SHARE = 0.4  # of the report's time; the learning curves get the rest
@@ -69,6 +69,9 @@ class ReportPlan:
 
 
 FINISH_FIXED_S = 5.0  # the fast copy, registration and the report's least, on a small model
+# A learning curve's fits, in fits on every training row: each of its folds fits on (k-1)/k of
+# the rows at every size.
+LEARNING_REFITS = float(sum(LEARNING_SIZES)) * (LEARNING_FOLDS - 1)
 
 
 def report_reserve(budget: float) -> float:
@@ -90,9 +93,7 @@ def finish_reserve(budget: float, results: list[Any], metric: str) -> float:
     if not done:
         return ceiling
     best = max(done, key=lambda r: sign * r.mean(metric))
-    full_fit = 1.25 * best.fit_seconds / len(best.fold_outputs)
-    refits = float(sum(LEARNING_SIZES)) * (LEARNING_FOLDS - 1)
-    return min(ceiling, FINISH_FIXED_S + refits * full_fit)
+    return min(ceiling, FINISH_FIXED_S + LEARNING_REFITS * one_fit_seconds(best))
 
 
 def plan_report(
@@ -118,19 +119,18 @@ def plan_report(
         rows = max(min(rows, MIN_IMPORTANCE_ROWS), min(rows, fitting))
 
     budget_learning = allowance - cost(rows, repeats)
-    # Each of the folds fits on (k-1)/k of the rows at every size. Fit time shrinks less than
-    # the rows on small samples (boosting pays per iteration, CatBoost almost only that): most
-    # of it is taken as fixed. The curve also stops early rather than overrun (learning_seconds).
-    share = float(sum(LEARNING_SIZES)) * (LEARNING_FOLDS - 1)
+    # Fit time shrinks less than the rows on small samples (boosting pays per iteration,
+    # CatBoost almost only that): most of it is taken as fixed. The curve also stops early
+    # rather than overrun (learning_seconds).
     most = min(n_train, MAX_LEARNING_ROWS)
     fixed = 0.7
 
     def needed(r: int) -> float:
-        return share * full_fit_seconds * (fixed + (1 - fixed) * r / max(n_train, 1))
+        return LEARNING_REFITS * full_fit_seconds * (fixed + (1 - fixed) * r / max(n_train, 1))
 
     learning_rows = most
     if needed(most) > budget_learning:
-        ratio = max(budget_learning, 0.0) / max(share * full_fit_seconds, 1e-9)
+        ratio = max(budget_learning, 0.0) / max(LEARNING_REFITS * full_fit_seconds, 1e-9)
         learning_rows = min(most, int(n_train * (ratio - fixed) / (1 - fixed)))
     if learning_rows < min(MIN_LEARNING_ROWS, n_train):
         why = (
