@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.shipml-installed
 DEMO_DIR ?= shipml-quickstart
 
-.PHONY: install demo test test-fast lint format anchors bench serve-anchors bench-serve bench-drift clean
+.PHONY: install demo prometheus test test-fast lint format anchors bench serve-anchors bench-serve bench-drift clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,16 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
+# The serving tests scrape /metrics with a real Prometheus server: Debian's package, installed
+# here when it is missing and apt-get can (as root); otherwise those tests say how to get it.
+prometheus:
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus \
+	  >/dev/null; } || echo "note: no prometheus server (Debian: apt-get install -y prometheus)"
+
 # Two workers keep both cores busy: OpenMP threads that do not spin at all share them best
 # (benchmarks/omp_wait.py), so the tests set what a user on a loaded machine would.
-test: lint  ## lint, type-check and run every test (two workers; tests sharing a fixture stay together)
+test: lint prometheus  ## lint, type-check and run every test (two workers; tests sharing a fixture stay together)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -n 2 --dist loadgroup --durations=25
 
 test-fast: install  ## the tests that train no models end to end

@@ -125,7 +125,7 @@ class Prometheus:
         if binary is None:
             raise AssertionError(
                 "the prometheus server is not installed: `apt-get install -y prometheus` "
-                "(.ci/run does it)"
+                "(`make test` does it as root)"
             )
         self.log = (folder / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
