@@ -199,6 +199,9 @@ def test_shipml_train_interrupted_then_resumed_gives_the_uninterrupted_model(
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
+        # Ctrl-C reaches it even when this suite runs in the background, where the shell
+        # starts everything with SIGINT ignored (and Python then keeps it ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 180
