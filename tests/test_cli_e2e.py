@@ -367,3 +367,15 @@ def test_integer_labels(tmp_path: Path) -> None:
     assert run_cli("train", "-c", config).exit_code == 0
     evaluated = Project.load(config).evaluate(pd.read_csv(folder / "labelled.csv"))
     assert evaluated.metrics["f1_macro"] > 0.85
+
+
+def test_a_budget_too_short_for_the_stronger_models_says_so(tmp_path: Path) -> None:
+    # Baselines always run; in one second no stronger family's defaults can, and the summary
+    # says which were left out and what to change, instead of silently shipping a baseline.
+    config = make_project(tmp_path, wine_frame(), "cultivar")
+    result = run_cli("train", "-c", config, "--time-budget", "1")
+    assert result.exit_code == 0, result.all
+    flat = " ".join(result.output.split())
+    assert "lightgbm, lightgbm#1" not in flat  # an early portfolio configuration is not trial 0
+    assert "did not fit in the 1s budget" in flat and "a larger --time-budget" in flat
+    assert "lightgbm, hist_gradient_boosting, random_forest" in flat

@@ -108,6 +108,22 @@ def test_a_default_that_cannot_finish_is_not_started(small_folds) -> None:
     assert statuses["random_forest"] == ("skipped", "time budget used up")
 
 
+def test_a_default_cut_short_counts_at_all_its_folds_in_the_opening(small_folds) -> None:
+    """A family's defaults stopped after one fold (a short budget) tell the next family's
+    defaults what a full run costs: their fold's time times the folds, not nothing."""
+    config = TrainingConfig(ensemble=False)
+    families = families_for("classification", ["lightgbm", "random_forest"])
+    search = Search(families, small_folds, "classification", "roc_auc", config, 1e12, None)
+    forest = next(f for f in families if f.name == "random_forest")
+    assert search.opening_cost(forest, 0, {}) == 0.0  # nothing measured yet
+    stopped = CandidateResult(
+        "lightgbm", "", False, {}, family="lightgbm", trial=0, status="stopped", fit_seconds=0.5
+    )
+    stopped.fold_outputs = [np.zeros(2)]
+    search.results.append(stopped)
+    assert search.opening_cost(forest, 0, {}) == pytest.approx(0.5 * len(small_folds))
+
+
 def test_pruned_trials_stop_early(small_folds) -> None:
     config = TrainingConfig(trials=0)
     family = families_for("classification", ["lightgbm"])[-1]

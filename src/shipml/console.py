@@ -132,6 +132,26 @@ def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
     return table
 
 
+def budget_hint(leaderboard: Leaderboard, budget_s: float) -> str | None:
+    """A hint when the budget was too short for some stronger families' defaults to be
+    cross-validated (the search's own last trial being stopped for time is normal)."""
+    short = [
+        r.name
+        for r in leaderboard.results
+        if not r.baseline
+        and r.trial == 0
+        and r.status in ("skipped", "stopped")
+        and r.reason.startswith("time budget")
+    ]
+    if not short:
+        return None
+    return (
+        f"{', '.join(short)} did not fit in the {budget_s:.0f}s budget (setting up, "
+        "registering and the report take several seconds of it): a larger --time-budget "
+        "gives them room"
+    )
+
+
 def train_summary(result: TrainResult) -> None:
     console.print(leaderboard_table(result.leaderboard))
     console.print(
@@ -166,6 +186,9 @@ def train_summary(result: TrainResult) -> None:
         f"  took {result.elapsed_s:.1f}s of a {result.budget_s:.0f}s budget · MLflow run "
         f"{result.run_id} · validation report {result.paths['validation_report']}"
     )
+    hint = budget_hint(result.leaderboard, result.budget_s)
+    if hint:
+        console.print(f"  [yellow]{hint}[/]")
     if "report" in result.paths:
         console.print(f"  report: {result.paths['report']}")
     if result.inference == "fast":

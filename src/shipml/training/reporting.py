@@ -84,14 +84,17 @@ def finish_reserve(budget: float, results: list[Any], metric: str) -> float:
     """Seconds the search leaves for the fast copy, registration and the report, from the best
     candidate so far: a fixed part and the learning curve's refits of it (a few dozen small
     trees need a second or two, not the 11 s of a 60 s budget's ceiling). At most
-    ``report_reserve(budget)``."""
+    ``report_reserve(budget)``. Before any candidate is measured, the fixed part alone: the
+    first one is then still started on a short budget (a 15 s budget keeping the ceiling's
+    8 s would cross-validate baselines only), and the reserve follows from its time once it
+    has one."""
     ceiling = report_reserve(budget)
     sign = 1.0 if METRICS[metric].greater_is_better else -1.0
     done = [
         r for r in results if r.status == "ok" and r.family and not r.baseline and r.fold_outputs
     ]
     if not done:
-        return ceiling
+        return min(ceiling, FINISH_FIXED_S)
     best = max(done, key=lambda r: sign * r.mean(metric))
     return min(ceiling, FINISH_FIXED_S + LEARNING_REFITS * one_fit_seconds(best))
 

@@ -304,15 +304,20 @@ class Search:
     def opening_cost(self, family: Family, trial: int, config: Params) -> float:
         """The least a run of the opening is expected to take: an early portfolio configuration
         from its work, a family's defaults (whose cost nothing tells yet) no less than the
-        cheapest defaults so far. A run expected not to finish is not started: it would be
-        stopped after a fold, its time lost to the search."""
+        cheapest defaults so far (one cut short counting at what all its folds would have
+        taken). A run expected not to finish is not started: it would be stopped after a fold,
+        its time lost to the search."""
         if trial > 0:
             expected = self.cost(family, config)
             return 0.0 if math.isinf(expected) else expected
         spent = [
-            r.fit_seconds
+            r.fit_seconds * len(self.folds) / len(r.fold_outputs)
             for r in self.results
-            if not r.baseline and r.trial == 0 and r.status == "ok" and r.family
+            if not r.baseline
+            and r.trial == 0
+            and r.status in ("ok", "pruned", "stopped")
+            and r.family
+            and r.fold_outputs
         ]
         return min(spent) if spent else 0.0
 
