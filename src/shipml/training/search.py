@@ -311,15 +311,23 @@ class Search:
             expected = self.cost(family, config)
             return 0.0 if math.isinf(expected) else expected
         spent = [
-            r.fit_seconds * len(self.folds) / len(r.fold_outputs)
-            for r in self.results
-            if not r.baseline
-            and r.trial == 0
-            and r.status in ("ok", "pruned", "stopped")
-            and r.family
-            and r.fold_outputs
+            seconds
+            for r, seconds in self.measured()
+            if not r.baseline and r.trial == 0 and r.family
         ]
         return min(spent) if spent else 0.0
+
+    def measured(self, family: str | None = None) -> list[tuple[CandidateResult, float]]:
+        """The runs (of ``family``, or all) that fitted at least a fold, each with what all its
+        folds took or would have taken: a run cut short (pruned, or stopped for time) counts at
+        its seconds per fold times the folds."""
+        return [
+            (r, r.fit_seconds * len(self.folds) / len(r.fold_outputs))
+            for r in self.results
+            if (family is None or r.family == family)
+            and r.status in ("ok", "pruned", "stopped")
+            and r.fold_outputs
+        ]
 
     def cost(self, family: Family, config: Params | None = None) -> float:
         """Seconds one more trial of ``family`` is expected to take: of ``config`` (known for
@@ -329,13 +337,7 @@ class Search:
         a family whose trials keep being stopped after a fold stops starting them."""
         if not any(r.family == family.name and r.status == "ok" for r in self.results):
             return math.inf
-        runs = [
-            (r, r.fit_seconds * len(self.folds) / len(r.fold_outputs))
-            for r in self.results
-            if r.family == family.name
-            and r.status in ("ok", "pruned", "stopped")
-            and r.fold_outputs
-        ]
+        runs = self.measured(family.name)
         if config is not None and family.work is not None:
             work = family.work
             rate = np.mean([seconds / max(work(r.config), 1e-9) for r, seconds in runs])
