@@ -379,3 +379,32 @@ def test_a_budget_too_short_for_the_stronger_models_says_so(tmp_path: Path) -> N
     assert "lightgbm, lightgbm#1" not in flat  # an early portfolio configuration is not trial 0
     assert "did not fit in the 1s budget" in flat and "a larger --time-budget" in flat
     assert "lightgbm, hist_gradient_boosting, random_forest" in flat
+
+
+def test_a_second_layer_when_asked_for(tmp_path: Path) -> None:
+    # training.stack: true where one pass of k folds runs (1,000 training rows and more): the
+    # second layer is cross-validated and ranked like any candidate; the model registers, loads.
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(1600, 6, n_informative=4, random_state=3)
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(6)]).assign(label=y)
+
+    def edit(raw: dict) -> None:
+        raw["training"].update(models=["logistic_regression", "lightgbm", "random_forest"])
+        raw["training"]["stack"] = True
+
+    config = make_project(tmp_path, frame, "label", edit=edit)
+    result = run_cli("train", "-c", config)
+    assert result.exit_code == 0, result.all
+    flat = " ".join(result.output.split())
+    assert "✓ stack roc_auc" in flat
+    project = Project.load(config)
+    run_id = project.models()[0].run_id
+    board = project.store.client.download_artifacts(run_id, "leaderboard", str(tmp_path))
+    records = {r["model"]: r for r in json.loads((Path(board) / "leaderboard.json").read_text())}
+    stack = records["stack"]
+    assert stack["status"] == "ok" and stack["rank"] is not None
+    assert stack["stack_inputs"] and set(stack["stack_inputs"]) <= set(records)
+    model = project.load_model("champion")
+    new = pd.read_csv(tmp_path / "new.csv")
+    assert model.predict(new).shape == (len(new),)

@@ -106,6 +106,10 @@ class TrainingConfig(_Strict):
     # family's defaults and hold in every search trial.
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ensemble: bool = True
+    # A second layer (LightGBM on the columns plus the best families' out-of-fold predictions),
+    # cross-validated like any candidate; it needs ensemble: true and one pass of k folds. Off
+    # by default: its cross-validated score is optimistic (see the README).
+    stack: bool = False
     class_weight: Literal["auto", "balanced", "none"] = "auto"
     # Regression: auto learns a non-negative, right-skewed target on the log scale (log1p);
     # log always does (the target must be >= 0); none never does.

@@ -110,6 +110,8 @@ def leaderboard_table(board: Leaderboard, all_trials: bool = False) -> Table:
         name = row["model"] + (" [dim](baseline)[/]" if row["baseline"] else "")
         style = "bold green" if row["rank"] == 1 else ("dim" if row["rank"] is None else "")
         members = " + ".join(f"{n} ×{w}" for n, w in row["members"].items())
+        if row.get("stack_inputs"):
+            members = "on the predictions of " + ", ".join(row["stack_inputs"])
         note = row["reason"] or members or ("" if row["status"] == "ok" else row["status"])
         if not all_trials and trials.get(row["family"], 0) > 1:
             note = (note + "; " if note else "") + f"best of {trials[row['family']]} trials"

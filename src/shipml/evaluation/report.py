@@ -163,6 +163,8 @@ def _leaderboard(board: Leaderboard) -> dict[str, Any]:
             for m in metrics
         ]
         members = ", ".join(f"{name} ×{weight}" for name, weight in r.members.items())
+        if r.stack_inputs:
+            members = "on the columns and the predictions of " + ", ".join(r.stack_inputs)
         rows.append(
             {
                 "rank": rank.get(id(r), "—"),

@@ -8,6 +8,12 @@ every training row after a preprocessor fitted on them. The ensemble's weights c
 greedy selection on out-of-fold predictions, and for binary problems a decision threshold chosen
 on those predictions turns probabilities into labels.
 
+A *stacked* member (a second layer, as AutoGluon stacks) is a model fitted on each fold's
+preprocessed columns plus the first layer's out-of-fold predictions of the training rows; at
+prediction time it sees the first-layer members' predictions (which is why those members are
+parts even when the mix gives them no weight) and its fold models are averaged like a bagged
+member's.
+
 It is assembled from fitted parts, so it has no ``fit``; it is saved with skops like any other
 scikit-learn object.
 """
@@ -31,8 +37,11 @@ class BaggedEnsemble:
         weights: dict[str, float],
         classes: np.ndarray | None = None,
         threshold: float | None = None,
+        stack: dict[str, Any] | None = None,
     ) -> None:
         # parts: (member name, index into preprocessors, fitted estimator)
+        # stack: {"name": member, "inputs": [first-layer members],
+        #         "parts": [(index into preprocessors, fitted estimator), ...]}
         self.task = task
         self.preprocessors = preprocessors
         self.parts = parts
@@ -41,6 +50,7 @@ class BaggedEnsemble:
         if classes is not None:
             self.classes_ = np.asarray(classes)
         self.threshold = threshold
+        self.stack = stack
 
     @property
     def members(self) -> list[str]:
@@ -60,7 +70,21 @@ class BaggedEnsemble:
                 out = np.asarray(estimator.predict(Xt), dtype=float)
             sums[name] = sums[name] + out if name in sums else out
             counts[name] = counts.get(name, 0) + 1
-        return sum(self.weights[n] * sums[n] / counts[n] for n in self.weights)  # type: ignore[return-value]
+        member = {name: sums[name] / counts[name] for name in sums}
+        stack = getattr(self, "stack", None)  # models saved before stacking have none
+        if stack:
+            layer = stack_features([member[name] for name in stack["inputs"]], self.task)
+            outs = []
+            for index, estimator in stack["parts"]:
+                if index not in transformed:
+                    transformed[index] = self.preprocessors[index].transform(X)
+                Xs = np.hstack([np.asarray(transformed[index], dtype=np.float64), layer])
+                if self.task == "classification":
+                    outs.append(np.asarray(estimator.predict_proba(Xs), dtype=float))
+                else:
+                    outs.append(np.asarray(estimator.predict(Xs), dtype=float))
+            member[stack["name"]] = np.mean(outs, axis=0)
+        return sum(self.weights[n] * member[n] for n in self.weights)  # type: ignore[return-value]
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         if self.task != "classification":
@@ -76,6 +100,13 @@ class BaggedEnsemble:
     def __repr__(self) -> str:
         shown = ", ".join(f"{n}: {w:.2f}" for n, w in self.weights.items())
         return f"BaggedEnsemble({self.task}, {len(self.parts)} models, weights {{{shown}}})"
+
+
+def stack_features(outputs: list[np.ndarray], task: str) -> np.ndarray:
+    """The second layer's extra columns from first-layer outputs: each classifier's
+    probabilities but the first class's (they sum to one), each regressor's prediction."""
+    columns = [o[:, 1:] if task == "classification" else o.reshape(-1, 1) for o in outputs]
+    return np.hstack(columns).astype(np.float64)
 
 
 def labels_for(proba: np.ndarray, classes: np.ndarray, threshold: float | None) -> np.ndarray:

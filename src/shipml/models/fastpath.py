@@ -1017,6 +1017,8 @@ class FastPredictor:
         ``single``: trees on float32 features in float32 (see ``_Trees.node``)."""
         if schema.derived:
             return None, "derived features (expressions) are not compiled"
+        if getattr(ensemble, "stack", None):
+            return None, "a second layer (stacking) is not compiled"
         if ensemble.task not in ("classification", "regression"):
             return None, f"task '{ensemble.task}'"
         classes = getattr(ensemble, "classes_", None)

@@ -109,18 +109,28 @@ def build_final_model(
     training row."""
     by_name = {r.name: r for r in board.results}
     members = _members(best)
+    stacked = next((by_name[n] for n in members if by_name[n].stack_inputs), None)
+    # The second layer's inputs predict at prediction time even where the mix gives them no
+    # weight: they are parts too.
+    needed = list(members) + [
+        n for n in (stacked.stack_inputs if stacked else []) if n not in members
+    ]
     preprocessors: list[Any] = []
     parts: list[tuple[str, int, Any]] = []
+    stack_parts: list[tuple[int, Any]] = []
     full_index: int | None = None
     fold_index: dict[int, int] = {}
-    for name in members:
+    for name in needed:
         result = by_name[name]
         if result.fold_models:
             for k, model in enumerate(result.fold_models):
                 if k not in fold_index:
                     fold_index[k] = len(preprocessors)
                     preprocessors.append(folds.folds[k].preprocessor)
-                parts.append((name, fold_index[k], model))
+                if result is stacked:
+                    stack_parts.append((fold_index[k], model))
+                else:
+                    parts.append((name, fold_index[k], model))
             continue
         if full_index is None:
             preprocessor = build_preprocessor(schema, features)
@@ -135,6 +145,9 @@ def build_final_model(
             warnings.simplefilter("ignore")
             model.fit(X_full, y)
         parts.append((name, full_index, model))
+    stack = None
+    if stacked is not None:
+        stack = {"name": stacked.name, "inputs": list(stacked.stack_inputs), "parts": stack_parts}
     return BaggedEnsemble(
         schema.task,
         preprocessors,
@@ -142,14 +155,19 @@ def build_final_model(
         {name: float(w) for name, w in members.items()},
         classes=folds.classes,
         threshold=threshold,
+        stack=stack,
     )
 
 
 def _lead_member(best: CandidateResult, board: Leaderboard) -> CandidateResult:
-    """The member with the largest weight (the candidate itself when it is not an ensemble)."""
+    """The member with the largest weight (the candidate itself when it is not an ensemble);
+    for the second layer, its strongest input (a model of the columns alone)."""
     members = _members(best)
     name = max(members, key=lambda n: members[n])
-    return next(r for r in board.results if r.name == name)
+    result = next(r for r in board.results if r.name == name)
+    if result.stack_inputs:
+        return next(r for r in board.results if r.name == result.stack_inputs[0])
+    return result
 
 
 def learning_estimator(

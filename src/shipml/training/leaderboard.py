@@ -34,6 +34,7 @@ class CandidateResult:
     config: dict[str, Any] = field(default_factory=dict)  # what Family.build was given
     started_s: float = 0.0  # seconds into the search when it started
     fold_models: list[Any] = field(default_factory=list, repr=False)
+    stack_inputs: list[str] = field(default_factory=list)  # the second layer's first-layer inputs
 
     def mean(self, metric: str) -> float:
         values = self.fold_scores.get(metric) or [math.nan]
@@ -81,6 +82,7 @@ class Leaderboard:
                 "status": r.status,
                 "reason": r.reason,
                 "members": dict(r.members),
+                "stack_inputs": list(r.stack_inputs),
                 "family": r.family,
                 "trial": r.trial,
                 "config": dict(r.config),
