@@ -3,6 +3,7 @@ predictions, cross-validated on the same folds, bagged into the final model."""
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -190,15 +191,18 @@ def test_an_ensemble_with_the_second_layer_bags_both_layers() -> None:
 
 def test_no_second_layer_where_rows_are_predicted_out_of_fold_more_than_once() -> None:
     """Small tables repeat their k folds (each row has several out-of-fold predictions), time
-    columns run folds forward (early rows have none); it is off unless ``stack: true``."""
+    columns run folds forward (early rows have none), two folds leave no rows for the
+    cross-fitting; it is off unless ``stack: true``."""
     X, y, schema, _ = _folds("classification", rows=400)
     families = families_for("classification", FAMILIES)
     far = time.monotonic() + 3600
     repeated = prepare_folds(X, y, schema, FeaturesConfig(), 3, 0, ordered=False)
     assert len(repeated) > repeated.per_repeat
     ordered = prepare_folds(X, y, schema, FeaturesConfig(), 3, 0, ordered=True)
-    _, _, _, single = _folds("classification")
+    X_single, y_single, schema_single, single = _folds("classification")
+    two = prepare_folds(X_single, y_single, schema_single, FeaturesConfig(), 2, 0, ordered=False)
     cases = [
+        (two, TrainingConfig(trials=0, stack=True)),  # a pair of folds out leaves no rows
         (repeated, TrainingConfig(trials=0, stack=True)),
         (ordered, TrainingConfig(trials=0, stack=True)),
         (single, TrainingConfig(trials=0)),  # off unless asked for
@@ -233,3 +237,54 @@ def test_a_spent_budget_skips_the_second_layer_and_says_why(classification) -> N
     skipped = late.run_stack()
     assert skipped is not None and skipped.status == "skipped"
     assert skipped.reason == "time budget used up" and not skipped.fold_outputs
+
+
+def test_three_classes_give_the_second_layer_two_columns_per_input() -> None:
+    X, y = make_classification(1200, 8, n_informative=5, n_classes=3, random_state=1)
+    df = pd.DataFrame(X, columns=[f"x{i}" for i in range(8)])
+    target = pd.Series(np.array(["a", "b", "c"])[y], name="target")
+    schema = infer_schema(pd.concat([df, target], axis=1), "target", "classification")
+    folds = prepare_folds(df, target, schema, FeaturesConfig(), 3, 0, ordered=False)
+    search = Search(
+        families_for("classification", FAMILIES),
+        folds,
+        "classification",
+        "f1_macro",
+        TrainingConfig(trials=0, stack=True),
+        time.monotonic() + 3600,
+        None,
+    )
+    search.run_defaults()
+    stack = search.run_stack(exact=True)
+    assert stack is not None and stack.status == "ok", stack and stack.reason
+    # Each input's probabilities but the first class's (the three sum to one).
+    extra = 2 * len(stack.stack_inputs)
+    assert stack.fold_models[0].n_features_in_ == folds.folds[0].X_train.shape[1] + extra
+    board = Leaderboard("f1_macro", search.metrics, search.results)
+    model = build_final_model(stack, board, folds, df, target, schema, FeaturesConfig(), 0, None)
+    proba = model.predict_proba(df.head(30))
+    assert proba.shape == (30, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert set(model.predict(df.head(30))) <= {"a", "b", "c"}
+
+
+def test_a_first_layer_model_that_fails_to_refit_fails_the_second_layer_not_the_training(
+    classification,
+) -> None:
+    _, _, _, folds, search, _ = classification
+    broken = Search(
+        search.families,
+        folds,
+        "classification",
+        "roc_auc",
+        TrainingConfig(trials=0, stack=True),
+        time.monotonic() + 3600,
+        None,
+    )
+    broken.results = [copy.copy(r) for r in search.results if r.name != STACK]
+    forest = next(r for r in broken.results if r.name == "random_forest")
+    forest.config = {**forest.config, "n_estimators": -1}  # scikit-learn refuses it
+    stack = broken.run_stack(exact=True)
+    assert stack is not None and stack.status == "failed"
+    assert stack.reason.startswith("cross-fitting: InvalidParameterError")
+    assert not stack.fold_outputs

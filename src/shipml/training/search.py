@@ -178,6 +178,7 @@ class Search:
             and any(f.name == STACK_FAMILY for f in self.families)
             and not self.folds.ordered
             and self.folds.per_repeat == len(self.folds)
+            and len(self.folds) >= 3  # a pair of folds out still leaves rows to fit on
         )
 
     def time_left(self) -> float:
@@ -597,11 +598,19 @@ class Search:
         self.emit("candidate_start", name=STACK, folds=n)
         layer = stacked_columns(inputs, self.folds, self.task)
         crossfit_started = time.monotonic()
-        training_layers = self.cross_fitted_columns(inputs, exact)
+        try:
+            training_layers = self.cross_fitted_columns(inputs, exact)
+        except ShipmlError:
+            raise
+        except Exception as err:  # like a failing candidate, it must not end the training
+            training_layers = None
+            result.status = "failed"
+            result.reason = f"cross-fitting: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
         result.fit_seconds += time.monotonic() - crossfit_started
         if training_layers is None:
-            result.status = "stopped"
-            result.reason = "time budget: stopped while cross-fitting the first layer"
+            if result.status == "ok":
+                result.status = "stopped"
+                result.reason = "time budget: stopped while cross-fitting the first layer"
             self.emit("candidate_done", result=result, folds=n, metric=self.metric)
             return result
         started = time.monotonic()
