@@ -42,18 +42,19 @@ def _folds(task: str, rows: int = 1200):
     return X, y, schema, prepare_folds(X, y, schema, FeaturesConfig(), 3, 0, ordered=False)
 
 
+def _classifier_search(folds, metric: str = "roc_auc", in_seconds: float = 3600) -> Search:
+    """A search of FAMILIES with the second layer on, its deadline ``in_seconds`` away."""
+    config = TrainingConfig(trials=0, stack=True)
+    families = families_for("classification", FAMILIES)
+    return Search(
+        families, folds, "classification", metric, config, time.monotonic() + in_seconds, None
+    )
+
+
 @pytest.fixture(scope="module")
 def classification():
     X, y, schema, folds = _folds("classification")
-    search = Search(
-        families_for("classification", FAMILIES),
-        folds,
-        "classification",
-        "roc_auc",
-        TrainingConfig(trials=0, stack=True),
-        time.monotonic() + 3600,
-        None,
-    )
+    search = _classifier_search(folds)
     search.run_defaults()
     stack = search.run_stack(exact=True)
     return X, y, schema, folds, search, stack
@@ -219,15 +220,7 @@ def test_no_second_layer_where_rows_are_predicted_out_of_fold_more_than_once() -
 
 def test_a_spent_budget_skips_the_second_layer_and_says_why(classification) -> None:
     _, _, _, folds, search, _ = classification
-    late = Search(
-        search.families,
-        folds,
-        "classification",
-        "roc_auc",
-        TrainingConfig(stack=True),
-        time.monotonic() - 1,  # the deadline has passed
-        None,
-    )
+    late = _classifier_search(folds, in_seconds=-1)  # the deadline has passed
     late.results = [r for r in search.results if r.name != STACK]
     # Kept for it: LightGBM's defaults' time, with room for the new columns, and the
     # cross-fitting of its inputs (a model per pair of folds: (k - 1) / 2 per fold).
@@ -245,15 +238,7 @@ def test_three_classes_give_the_second_layer_two_columns_per_input() -> None:
     target = pd.Series(np.array(["a", "b", "c"])[y], name="target")
     schema = infer_schema(pd.concat([df, target], axis=1), "target", "classification")
     folds = prepare_folds(df, target, schema, FeaturesConfig(), 3, 0, ordered=False)
-    search = Search(
-        families_for("classification", FAMILIES),
-        folds,
-        "classification",
-        "f1_macro",
-        TrainingConfig(trials=0, stack=True),
-        time.monotonic() + 3600,
-        None,
-    )
+    search = _classifier_search(folds, "f1_macro")
     search.run_defaults()
     stack = search.run_stack(exact=True)
     assert stack is not None and stack.status == "ok", stack and stack.reason
@@ -272,15 +257,7 @@ def test_a_first_layer_model_that_fails_to_refit_fails_the_second_layer_not_the_
     classification,
 ) -> None:
     _, _, _, folds, search, _ = classification
-    broken = Search(
-        search.families,
-        folds,
-        "classification",
-        "roc_auc",
-        TrainingConfig(trials=0, stack=True),
-        time.monotonic() + 3600,
-        None,
-    )
+    broken = _classifier_search(folds)
     broken.results = [copy.copy(r) for r in search.results if r.name != STACK]
     forest = next(r for r in broken.results if r.name == "random_forest")
     forest.config = {**forest.config, "n_estimators": -1}  # scikit-learn refuses it
