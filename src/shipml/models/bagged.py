@@ -9,7 +9,7 @@ greedy selection on out-of-fold predictions, and for binary problems a decision 
 on those predictions turns probabilities into labels.
 
 A *stacked* member (a second layer, as AutoGluon stacks) is a model fitted on each fold's
-preprocessed columns plus the first layer's out-of-fold predictions of the training rows; at
+preprocessed columns plus the first layer's cross-fitted predictions of its training rows; at
 prediction time it sees the first-layer members' predictions (which is why those members are
 parts even when the mix gives them no weight) and its fold models are averaged like a bagged
 member's.
@@ -63,11 +63,7 @@ class BaggedEnsemble:
         for name, index, estimator in self.parts:
             if index not in transformed:
                 transformed[index] = self.preprocessors[index].transform(X)
-            Xt = transformed[index]
-            if self.task == "classification":
-                out = np.asarray(estimator.predict_proba(Xt), dtype=float)
-            else:
-                out = np.asarray(estimator.predict(Xt), dtype=float)
+            out = self._output(estimator, transformed[index])
             sums[name] = sums[name] + out if name in sums else out
             counts[name] = counts.get(name, 0) + 1
         member = {name: sums[name] / counts[name] for name in sums}
@@ -79,12 +75,15 @@ class BaggedEnsemble:
                 if index not in transformed:
                     transformed[index] = self.preprocessors[index].transform(X)
                 Xs = np.hstack([np.asarray(transformed[index], dtype=np.float64), layer])
-                if self.task == "classification":
-                    outs.append(np.asarray(estimator.predict_proba(Xs), dtype=float))
-                else:
-                    outs.append(np.asarray(estimator.predict(Xs), dtype=float))
+                outs.append(self._output(estimator, Xs))
             member[stack["name"]] = np.mean(outs, axis=0)
         return sum(self.weights[n] * member[n] for n in self.weights)  # type: ignore[return-value]
+
+    def _output(self, estimator: Any, X: Any) -> np.ndarray:
+        """One part's output: class probabilities, or predictions for regression."""
+        if self.task == "classification":
+            return np.asarray(estimator.predict_proba(X), dtype=float)
+        return np.asarray(estimator.predict(X), dtype=float)
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         if self.task != "classification":

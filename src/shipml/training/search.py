@@ -89,6 +89,12 @@ class FoldOutcome:
     error: str = ""
 
 
+def failure(err: Exception) -> str:
+    """Why a fit failed, in one line for the leaderboard."""
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+
+
 def fit_fold(
     estimator: Any, fold: Fold, task: str, classes: np.ndarray | None, metrics: tuple[str, ...]
 ) -> FoldOutcome:
@@ -104,8 +110,7 @@ def fit_fold(
     except ShipmlError:  # the user's to fix (a Keras build_model file, say): stop
         raise
     except Exception as err:  # a failing candidate must not end the whole training
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-        return FoldOutcome(seconds=time.monotonic() - started, error=reason)
+        return FoldOutcome(seconds=time.monotonic() - started, error=failure(err))
     return FoldOutcome(output, scores, model, time.monotonic() - started)
 
 
@@ -605,7 +610,7 @@ class Search:
         except Exception as err:  # like a failing candidate, it must not end the training
             training_layers = None
             result.status = "failed"
-            result.reason = f"cross-fitting: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            result.reason = f"cross-fitting: {failure(err)}"
         result.fit_seconds += time.monotonic() - crossfit_started
         if training_layers is None:
             if result.status == "ok":
