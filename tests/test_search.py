@@ -391,3 +391,10 @@ def test_fixed_params_hold_in_defaults_and_every_trial(small_folds) -> None:
     forests = [r for r in result.leaderboard.results if r.family == "random_forest"]
     assert len(forests) >= 2
     assert all(r.params["n_estimators"] == 30 for r in forests)
+
+
+def test_a_failed_fit_says_why_in_one_line_even_without_a_message() -> None:
+    from shipml.training.search import failure
+
+    assert failure(ValueError("bad value\nmore detail")) == "ValueError: bad value"
+    assert failure(ValueError()) == "ValueError: "
