@@ -21,6 +21,7 @@ from shipml.evaluation.metrics import (
     confusion,
     regression_metrics,
 )
+from shipml.models.bagged import BaggedEnsemble, labels_for
 from shipml.registry import LoadedModel
 
 
@@ -67,27 +68,37 @@ class Model:
             )
         return self._call("predict_proba", df, source, allow_extra)
 
+    def predict_with_proba(
+        self, df: pd.DataFrame, source: str = "input", allow_extra: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Class labels (after the model's decision threshold) and probabilities. A shipml model
+        computes its parts' outputs once for both; calling predict and predict_proba would run
+        every fold model twice."""
+        X = self._inputs(df, source, allow_extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            proba = np.asarray(self.pipeline.predict_proba(X))
+            if isinstance(self.pipeline, BaggedEnsemble):
+                pipeline = self.pipeline
+                return labels_for(proba, pipeline.classes_, pipeline.threshold), proba
+            return np.asarray(self.pipeline.predict(X)), proba
+
     def score(
         self, df: pd.DataFrame, source: str = "input", allow_extra: bool = False
     ) -> pd.DataFrame:
         """The input columns plus `prediction`; for classification also `probability` (of the
         predicted class) and one `proba_<class>` column per class."""
-        X = self._inputs(df, source, allow_extra)
         out = df.reset_index(drop=True).copy()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if self.schema.task == "classification":
-                proba = np.asarray(self.pipeline.predict_proba(X))
-                classes = self.classes or []
-                # predict applies the model's decision threshold (binary problems).
-                labels = np.asarray(self.pipeline.predict(X))
-                winner = _class_index(labels, np.asarray(self.pipeline.classes_))
-                out["prediction"] = [classes[i] for i in winner]
-                out["probability"] = proba[np.arange(len(proba)), winner]
-                for i, c in enumerate(classes):
-                    out[f"proba_{c}"] = proba[:, i]
-            else:
-                out["prediction"] = self.pipeline.predict(X)
+        if self.schema.task != "classification":
+            out["prediction"] = self._call("predict", df, source, allow_extra)
+            return out
+        labels, proba = self.predict_with_proba(df, source, allow_extra)
+        classes = self.classes or []
+        winner = _class_index(labels, np.asarray(self.pipeline.classes_))
+        out["prediction"] = [classes[i] for i in winner]
+        out["probability"] = proba[np.arange(len(proba)), winner]
+        for i, c in enumerate(classes):
+            out[f"proba_{c}"] = proba[:, i]
         return out
 
 
@@ -139,9 +150,8 @@ def evaluate(model: Model, df: pd.DataFrame, source: str = "input") -> Evaluatio
                 f"{', '.join(repr(u) for u in unknown[:5])}",
                 f"the model knows: {', '.join(map(str, classes))}",
             )
-        proba = model.predict_proba(df, source)
         # The model's own labels (0/1 stay integers), after its decision threshold.
-        predictions = model.predict(df, source)
+        predictions, proba = model.predict_with_proba(df, source)
         metrics = classification_metrics(y, predictions, proba, classes)
         extras = {
             "confusion_matrix": confusion(y, predictions, classes),
