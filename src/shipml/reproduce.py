@@ -110,10 +110,10 @@ def _scratch_config(
 
 
 def _outputs(model: Any, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
-    prediction = np.asarray(model.predict(X, "test split"))
     if model.schema.task != "classification":
-        return prediction, None
-    return prediction, np.asarray(model.predict_proba(X, "test split"), dtype=float)
+        return np.asarray(model.predict(X, "test split")), None
+    prediction, proba = model.predict_with_proba(X, "test split")
+    return prediction, np.asarray(proba, dtype=float)
 
 
 def reproduce(

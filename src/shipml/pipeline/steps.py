@@ -299,7 +299,7 @@ def train(
 def _outputs(model: Any, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
     if model.schema.task == "regression":
         return np.asarray(model.predict(X, "holdout"), dtype=float), None
-    return np.asarray(model.predict(X, "holdout")), model.predict_proba(X, "holdout")
+    return model.predict_with_proba(X, "holdout")
 
 
 def _all_metrics(
