@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPML = ROOT / ".venv" / "bin" / "shipml"
+ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
 
 BY_HAND = """
 import sys, time, warnings
@@ -39,9 +40,8 @@ print(time.perf_counter() - started)
 
 
 def _run(args: list[str], cwd: Path) -> float:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
     started = time.perf_counter()
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    done = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -66,17 +66,16 @@ def main() -> None:
         train_s = _run([str(SHIPML), "train", "--time-budget", f"{args.budget:g}"], folder)
         predict_s = _run([str(SHIPML), "predict", "new.csv", "--out", "scored.csv"], folder)
         python = str(ROOT / ".venv" / "bin" / "python")
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
         hand = subprocess.run(
             [python, "-c", BY_HAND, str(folder / "shipml.yaml"), str(folder / "new.csv")],
-            env=env,
+            env=ENV,
             capture_output=True,
             text=True,
             check=True,
         )
         by_hand_s = float(hand.stdout.strip().splitlines()[-1])
         champion = subprocess.run(
-            [str(SHIPML), "models"], cwd=folder, env=env, capture_output=True, text=True
+            [str(SHIPML), "models"], cwd=folder, env=ENV, capture_output=True, text=True
         ).stdout
 
     print(f"{'step':<58} {'seconds':>8}")

@@ -46,7 +46,7 @@ def test_score_runs_the_model_once_and_keeps_its_threshold(
     classes = model.classes or []
     order = list(model.pipeline.classes_)
     assert scored["prediction"].tolist() == [classes[order.index(v)] for v in labels]
-    for i, c in enumerate(model.classes or []):
+    for i, c in enumerate(classes):
         assert np.array_equal(scored[f"proba_{c}"].to_numpy(), proba[:, i])
     if threshold is not None:  # a far-off threshold moves labels: the test sees it applied
         positive = classes[1]

@@ -79,8 +79,7 @@ class Model:
             warnings.simplefilter("ignore")
             proba = np.asarray(self.pipeline.predict_proba(X))
             if isinstance(self.pipeline, BaggedEnsemble):
-                pipeline = self.pipeline
-                return labels_for(proba, pipeline.classes_, pipeline.threshold), proba
+                return labels_for(proba, self.pipeline.classes_, self.pipeline.threshold), proba
             return np.asarray(self.pipeline.predict(X)), proba
 
     def score(

@@ -106,11 +106,8 @@ class _Scorer:
             return
         try:
             if self.task == "classification":
-                from shipml.models.bagged import labels_for
-
-                proba = self.model.predict_proba(chunk, source="current data")
+                labels, proba = self.model.predict_with_proba(chunk, source="current data")
                 classes = np.asarray(self.model.pipeline.classes_)
-                labels = labels_for(proba, classes, getattr(self.model.pipeline, "threshold", None))
                 position = {c: i for i, c in enumerate(classes)}
                 picked = np.fromiter((position[p] for p in labels), dtype=np.int64)
                 self.confidence += proba[np.arange(len(picked)), picked].tolist()
