@@ -42,7 +42,16 @@ def _write_config(folder: Path, **overrides: object) -> Path:
 def test_missing_data_file(tmp_path: Path) -> None:
     assert_user_error(run_cli("init", tmp_path / "nope.csv", "--target", "y"), "nope.csv")
     config = _write_config(tmp_path)
-    assert_user_error(run_cli("train", "-c", config), "data.csv")
+    from_config = run_cli("train", "-c", config)
+    assert_user_error(from_config, "data.csv")
+    assert "data.path" in from_config.stderr  # the hint says where the path came from
+    # A path given on the command line: the hint does not send the user to shipml.yaml.
+    given = run_cli("train", "-c", config, "--data", tmp_path / "other.csv")
+    assert_user_error(given, "other.csv")
+    assert "check the file name and folder" in given.stderr and "data.path" not in given.stderr
+    folder = run_cli("train", "-c", config, "--data", tmp_path)
+    assert_user_error(folder, "is a folder")
+    assert "data.path" not in folder.stderr
 
 
 def test_missing_config(tmp_path: Path) -> None:
@@ -166,9 +175,9 @@ def test_predict_input_problems(trained_binary: Path, tmp_path: Path) -> None:
     assert ok.exit_code == 0, ok.all
     assert pd.read_csv(out)["prediction"].notna().all()
 
-    assert_user_error(
-        run_cli("predict", tmp_path / "nope.csv", "--out", out, "-c", config), "nope.csv"
-    )
+    nope = run_cli("predict", tmp_path / "nope.csv", "--out", out, "-c", config)
+    assert_user_error(nope, "nope.csv")
+    assert "data.path" not in nope.stderr  # the file came from the command line
     assert_user_error(
         run_cli("predict", config.parent / "new.csv", "--out", tmp_path / "x.txt", "-c", config),
         "x.txt",

@@ -91,12 +91,18 @@ def _clean_columns(df: pd.DataFrame, where: str) -> pd.DataFrame:
     return out
 
 
-def _checked_kind(path: Path, hint: str = _PATH_HINT) -> str:
+def _checked_kind(path: Path, from_config: bool = False) -> str:
+    """The file's kind; a missing file or a folder is an error whose hint points where the path
+    came from: `data.path` in shipml.yaml, or the command line."""
     if not path.exists():
-        raise DataError(f"data file not found: {path}", hint)
+        raise DataError(
+            f"data file not found: {path}",
+            _PATH_HINT if from_config else "check the file name and folder",
+        )
     if path.is_dir():
         raise DataError(
-            f"{path} is a folder, not a data file", "point `data.path` at a CSV or Parquet file"
+            f"{path} is a folder, not a data file",
+            f"{'point `data.path` at' if from_config else 'give'} a CSV or Parquet file",
         )
     kind = _file_kind(path)
     if kind is None:
@@ -151,10 +157,11 @@ def _checked_frame(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     return _clean_columns(df, str(path))
 
 
-def read_table_file(path: str | Path) -> pd.DataFrame:
-    """Read a CSV (.csv, .tsv, .txt, optionally .gz) or Parquet (.parquet, .pq) file."""
+def read_table_file(path: str | Path, from_config: bool = False) -> pd.DataFrame:
+    """Read a CSV (.csv, .tsv, .txt, optionally .gz) or Parquet (.parquet, .pq) file;
+    ``from_config``: the path is shipml.yaml's `data.path` (for the error's hint)."""
     path = Path(path)
-    kind = _checked_kind(path)
+    kind = _checked_kind(path, from_config)
     with _reading(path, kind):
         if kind == "parquet":
             df = pd.read_parquet(path)
@@ -167,7 +174,7 @@ def iter_table_file(path: str | Path, chunk_rows: int = 200_000) -> Iterator[pd.
     """The rows of a CSV or Parquet file in chunks of at most ``chunk_rows``, so a file of any
     size is read in bounded memory; the same checks and messages as ``read_table_file``."""
     path = Path(path)
-    kind = _checked_kind(path, "check the file name and folder")
+    kind = _checked_kind(path)
     with _reading(path, kind):
         batches: Iterable[pd.DataFrame]
         if kind == "parquet":
@@ -390,7 +397,7 @@ def load_table(source: DataConfig, base_dir: Path, target: str = "label") -> pd.
                 )
             df.attrs["image"] = spec.to_dict()
             return df
-        return read_table_file(path)
+        return read_table_file(path, from_config=True)
     if not source.url or not source.query:
         raise DataSourceError(
             "data: give 'path', or 'url' and 'query'", "fix the `data` section of shipml.yaml"
