@@ -14,11 +14,13 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -239,11 +241,11 @@ class RunRecorder:
         self, pipeline: Any, schema: Schema, input_example: Any, meta: dict[str, Any]
     ) -> tuple[str, str]:
         """Log the fitted pipeline with skops, signature and input example; (model uri, sha256)."""
-        import skops.io as sio
         from mlflow.models import infer_signature
 
         from shipml.features import trusted_types_for
 
+        sio = serializer()
         trusted = trusted_types_for(sio.get_untrusted_types(data=sio.dumps(pipeline)))
         signature = infer_signature(input_example, pipeline.predict(input_example))
         requirements = [f"{n}=={v}" for n, v in package_versions().items()]
@@ -283,9 +285,38 @@ class RunRecorder:
         self.store.client.set_terminated(self.run_id, status)
 
 
+# scikit-learn's vendored array-API adapter for torch: importing it imports torch.
+_TORCH_ADAPTER = "sklearn.externals.array_api_compat.torch"
+
+
+def serializer() -> ModuleType:
+    """skops.io, the model serializer, imported without importing torch.
+
+    On its first import skops lists scikit-learn's estimators (``all_estimators``), a walk that
+    imports every package inside scikit-learn, the vendored array-API adapter for torch among
+    them, and with it torch: 1.3 of skops' 1.6 s here, in every process that saves or loads a
+    model, for a package no estimator list needs (the walk skips ``externals`` when it looks for
+    estimators; it only cannot help entering the package). While skops is imported an empty
+    placeholder stands in for that adapter, and it is removed afterwards, so code that needs
+    the adapter later (or a network, which needs torch) imports the real one."""
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    placeholder = None
+    if "torch" not in sys.modules and _TORCH_ADAPTER not in sys.modules:
+        placeholder = ModuleType(_TORCH_ADAPTER)
+        placeholder.__path__ = []  # a package with nothing in it: the walk stops here
+        sys.modules[_TORCH_ADAPTER] = placeholder
+    try:
+        import skops.io
+    finally:
+        if placeholder is not None and sys.modules.get(_TORCH_ADAPTER) is placeholder:
+            del sys.modules[_TORCH_ADAPTER]
+    return skops.io
+
+
 def import_serializer() -> None:
-    """Import skops.io, the model serializer (a few seconds the first time in a process)."""
-    import skops.io  # noqa: F401
+    """Import skops.io now (well over a second the first time in a process: see serializer)."""
+    serializer()
 
 
 def close_stale_runs(store: Store) -> int:
@@ -591,10 +622,9 @@ def load(store: Store, ref: str | int = CHAMPION, native: bool = True) -> Loaded
         )
     pipeline = None
     if native:
-        import skops.io as sio
-
         from shipml.features import trusted_types_for
 
+        sio = serializer()
         trusted = trusted_types_for(sio.get_untrusted_types(file=str(model_file)))
         pipeline = sio.load(str(model_file), trusted=trusted)
     meta = dict((mlmodel.get("metadata") or {}).get("shipml", {}))

@@ -105,8 +105,7 @@ def _profile_file(root: Path, name: str, version: int) -> Path:
 def _needs(model_file: Path) -> tuple[str, ...]:
     """Distributions the model file's types import beyond shipml's requirements (torch for a
     network), read from the skops file without loading it."""
-    import skops.io as sio
-
+    sio = registry.serializer()
     needs: list[str] = []
     for type_name in sio.get_untrusted_types(file=str(model_file)):
         for prefix, dists in _MODULE_NEEDS.items():
