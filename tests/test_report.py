@@ -491,3 +491,18 @@ def test_the_search_leaves_the_report_what_the_best_candidate_needs() -> None:
     # For an error metric, lower is better.
     low = result("ridge", 10.0, 0.5)
     assert finish_reserve(60.0, [low, result("lightgbm", 99.0, 20.0)], "rmse") < 6.0
+
+
+def test_a_short_budget_keeps_a_share_for_the_finish_not_the_whole_fixed_reserve() -> None:
+    # 5 s for the finish and 3 s of bookkeeping fit a minute; of a 10 s budget they would leave
+    # the search nothing once the data is read and skops imported, and only baselines would run.
+    from shipml.training.reporting import FINISH_FIXED_S, finish_fixed, finish_reserve
+    from shipml.training.train import budget_overhead
+
+    assert finish_reserve(10.0, [], "roc_auc") == finish_fixed(10.0) == 3.5
+    assert budget_overhead(10.0) == 1.5
+    assert 10.0 - budget_overhead(10.0) - finish_fixed(10.0) == 5.0
+    # From 20 s on, the fixed parts (and a long budget's 5 % share) are what they were.
+    for budget in (20.0, 60.0):
+        assert finish_fixed(budget) == FINISH_FIXED_S and budget_overhead(budget) == 3.0
+    assert budget_overhead(200.0) == 10.0
