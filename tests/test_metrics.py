@@ -214,3 +214,58 @@ def test_one_metric_alone_has_the_value_it_has_among_all(name: str) -> None:
         *(f"{k}_{name.split('_')[-1]}" for k in ("precision", "recall", "f1")),
     }
     assert len(alone) < len(every)
+
+
+def _random_fold(rng: np.random.Generator, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A validation fold's labels and probabilities, with what breaks naive formulas: classes
+    absent from the labels or never predicted, tied scores, probabilities of exactly 0 and 1."""
+    n = int(rng.integers(1, 40))
+    k = len(classes)
+    present = rng.choice(k, size=int(rng.integers(1, k + 1)), replace=False)
+    y = classes[rng.choice(present, size=n)]
+    proba = rng.dirichlet(np.full(k, float(rng.choice([0.3, 1.0, 5.0]))), size=n)
+    if rng.random() < 0.4:  # coarse scores: ties in the ranks, ties in the argmax
+        proba = np.round(proba, 1)
+        proba[:, -1] = 1 - proba[:, :-1].sum(axis=1)
+        proba = np.clip(proba, 0.0, 1.0)
+        proba /= proba.sum(axis=1, keepdims=True)
+    if rng.random() < 0.2:  # a confident model: some rows all on one class
+        rows = rng.random(n) < 0.5
+        proba[rows] = np.eye(k)[rng.integers(0, k, rows.sum())]
+    return y, proba
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [
+        np.array([0, 1]),
+        np.array(["no", "yes"]),
+        np.array([1, 2, 3]),
+        np.array(["a", "b", "c", "d"]),
+    ],
+    ids=["binary-int", "binary-str", "three", "four-str"],
+)
+def test_fold_metrics_fast_path_equals_scikit_learn(classes: np.ndarray) -> None:
+    # The cross-validation loop scores folds from confusion counts and ranks, not through
+    # scikit-learn; every metric must come out as scikit-learn computes it.
+    from shipml.evaluation.metrics import fold_classification_metrics
+
+    names = tuple(sorted(CLASSIFICATION_KEYS))
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        y, proba = _random_fold(rng, classes)
+        fast = fold_classification_metrics(y, proba, classes, names)
+        slow = classification_metrics(y, classes[proba.argmax(axis=1)], proba, list(classes))
+        assert set(fast) == set(slow) & set(names)
+        for name, value in fast.items():
+            assert value == pytest.approx(slow[name], rel=1e-12, abs=1e-12), (name, y, proba)
+
+
+def test_fold_metrics_fast_path_hands_unknown_labels_to_scikit_learn() -> None:
+    from shipml.evaluation.metrics import fold_classification_metrics
+
+    classes = np.array([2, 1])  # not sorted: no fast path, the same values
+    y, proba = np.array([1, 2, 2]), np.array([[0.2, 0.8], [0.9, 0.1], [0.6, 0.4]])
+    fast = fold_classification_metrics(y, proba, classes, ("accuracy", "roc_auc"))
+    slow = classification_metrics(y, classes[proba.argmax(axis=1)], proba, [2, 1])
+    assert fast == {"accuracy": slow["accuracy"], "roc_auc": slow["roc_auc"]}

@@ -15,9 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-import scipy.stats
 
-from shipml.evaluation.metrics import METRICS
+from shipml.evaluation.metrics import METRICS, rank_auc
 from shipml.training.leaderboard import CandidateResult, fold_metrics
 
 MAX_ROUNDS = 20
@@ -50,11 +49,7 @@ def _binary_auc(
         return None
 
     def auc(i: int, output: np.ndarray) -> float:
-        positive = positives[i]
-        n_pos = int(positive.sum())
-        n_neg = len(positive) - n_pos
-        ranks = scipy.stats.rankdata(output[:, 1])
-        return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+        return rank_auc(positives[i], output[:, 1])
 
     return auc
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from shipml.evaluation.metrics import METRICS, classification_metrics, regression_metrics
+from shipml.evaluation.metrics import METRICS, fold_classification_metrics, regression_metrics
 
 Status = Literal["ok", "failed", "skipped", "stopped", "pruned"]
 
@@ -108,8 +108,7 @@ def fold_metrics(
 ) -> dict[str, float]:
     """Every CV metric of one fold from its output (see fold_output)."""
     if classes is not None:
-        predictions = classes[output.argmax(axis=1)]  # the labels' own type: 0/1 stay ints
-        values = classification_metrics(y, predictions, output, list(classes), only=metrics)
+        values = fold_classification_metrics(y, output, classes, metrics)
     else:
         values = regression_metrics(y, output, only=metrics)
     return {m: float(values.get(m, math.nan)) for m in metrics}
