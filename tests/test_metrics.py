@@ -269,3 +269,16 @@ def test_fold_metrics_fast_path_hands_unknown_labels_to_scikit_learn() -> None:
     fast = fold_classification_metrics(y, proba, classes, ("accuracy", "roc_auc"))
     slow = classification_metrics(y, classes[proba.argmax(axis=1)], proba, [2, 1])
     assert fast == {"accuracy": slow["accuracy"], "roc_auc": slow["roc_auc"]}
+
+
+def test_fold_metrics_fast_path_leaves_labels_it_cannot_place_to_scikit_learn() -> None:
+    from shipml.evaluation.metrics import fold_classification_metrics
+
+    classes = np.array([1, 2])
+    y = np.array([1, 3, 2])  # 3 is not a class the model knows
+    proba = np.array([[0.7, 0.3], [0.4, 0.6], [0.2, 0.8]])
+    fast = fold_classification_metrics(y, proba, classes, ("accuracy", "f1_macro"))
+    only = ("accuracy", "f1_macro")
+    slow = classification_metrics(y, classes[proba.argmax(axis=1)], proba, [1, 2], only=only)
+    assert fast == slow
+    assert fast["accuracy"] == 2 / 3

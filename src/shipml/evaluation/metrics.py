@@ -166,6 +166,21 @@ def rank_auc(positive: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _class_indices(y: np.ndarray, classes: np.ndarray) -> np.ndarray | None:
+    """Each label's position in ``classes`` (sorted, as scikit-learn's are); None where that
+    does not hold or a label is not among them."""
+    k = len(classes)
+    try:
+        if k < 2 or not bool(np.all(classes[:-1] < classes[1:])):
+            return None
+        truth = np.searchsorted(classes, y)
+        if np.any(truth >= k) or np.any(classes[np.minimum(truth, k - 1)] != y):
+            return None
+    except TypeError:  # labels that do not compare with the classes
+        return None
+    return truth
+
+
 def fold_classification_metrics(
     y_true: Any, proba: np.ndarray, classes: np.ndarray, only: Collection[str]
 ) -> dict[str, float]:
@@ -179,15 +194,8 @@ def fold_classification_metrics(
     classes = np.asarray(classes)
     k = len(classes)
     proba = np.asarray(proba, dtype=float)
-    ordered = k > 1 and bool(np.all(classes[:-1] < classes[1:]))
-    truth = np.searchsorted(classes, y) if ordered else None
-    if (
-        truth is None
-        or len(y) == 0
-        or proba.shape != (len(y), k)
-        or np.any(truth >= k)
-        or np.any(classes[np.minimum(truth, k - 1)] != y)
-    ):
+    truth = _class_indices(y, classes)
+    if truth is None or len(y) == 0 or proba.shape != (len(y), k):
         return classification_metrics(y, classes[proba.argmax(axis=1)], proba, list(classes), only)
     predicted = proba.argmax(axis=1)
     counts = np.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
