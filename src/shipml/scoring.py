@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ class Model:
 
     def _call(self, method: str, df: pd.DataFrame, source: str, allow_extra: bool) -> np.ndarray:
         X = self._inputs(df, source, allow_extra)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _unreadable_numbers(X, source):
             warnings.simplefilter("ignore")
             return np.asarray(getattr(self.pipeline, method)(X))
 
@@ -75,7 +77,7 @@ class Model:
         computes its parts' outputs once for both; calling predict and predict_proba would run
         every fold model twice."""
         X = self._inputs(df, source, allow_extra)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _unreadable_numbers(X, source):
             warnings.simplefilter("ignore")
             proba = np.asarray(self.pipeline.predict_proba(X))
             if isinstance(self.pipeline, BaggedEnsemble):
@@ -99,6 +101,31 @@ class Model:
         for i, c in enumerate(classes):
             out[f"proba_{c}"] = proba[:, i]
         return out
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@contextmanager
+def _unreadable_numbers(X: pd.DataFrame, source: str) -> Iterator[None]:
+    """A model whose trees read float32 (scikit-learn's forests) fails on a number past
+    ±3.4e38 with a ValueError; that becomes an InputSchemaError naming the column and a value."""
+    try:
+        yield
+    except ValueError as err:
+        if "too large for dtype('float32')" not in str(err):
+            raise
+        for name in X.columns:
+            values = X[name]
+            if pd.api.types.is_numeric_dtype(values.dtype):
+                big = values[np.abs(values.to_numpy(dtype="float64")) > _FLOAT32_MAX]
+                if len(big):
+                    raise InputSchemaError(
+                        f"{source}: column '{name}' holds {len(big)} value(s) beyond ±3.4e38, "
+                        f"such as {big.iloc[0]:.3g}, which this model cannot read",
+                        "correct or leave out those rows",
+                    ) from None
+        raise
 
 
 def score_input(model: Model, path: Path, allow_extra: bool = False) -> pd.DataFrame:

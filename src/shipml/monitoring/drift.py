@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from shipml.monitoring.profile import Finding, Profile, infer_kinds, profile_table
-from shipml.monitoring.summary import CategoricalSummary, NumericSummary, Summary
+from shipml.monitoring.summary import CategoricalSummary, NumericSummary, Summary, scale_for
 
 P_VALUE_METHODS = ("ks", "chisquare", "z")
 DISTANCE_METHODS = ("wasserstein", "jensenshannon", "psi")
@@ -173,10 +173,14 @@ def _step_cdfs(ref: NumericSummary, cur: NumericSummary) -> tuple[np.ndarray, ..
 
 
 def wasserstein_normed(ref: NumericSummary, cur: NumericSummary) -> float:
-    """First Wasserstein distance divided by the reference's std (at least 0.001)."""
+    """First Wasserstein distance divided by the reference's std (at least 0.001). Both are
+    taken in units of ``scale_for`` the values, so values near the float64 limit give a finite
+    ratio where the distance and the std alone would overflow."""
     support, cdf_ref, cdf_cur = _step_cdfs(ref, cur)
-    distance_ = float(np.sum(np.abs(cdf_ref[:-1] - cdf_cur[:-1]) * np.diff(support)))
-    return distance_ / max(ref.std, 0.001)
+    scale = scale_for(support)
+    gaps = np.diff(support / scale) if scale != 1.0 else np.diff(support)
+    distance_ = float(np.sum(np.abs(cdf_ref[:-1] - cdf_cur[:-1]) * gaps))
+    return distance_ / max(ref.std_over(scale), 0.001 / scale)
 
 
 def ks_p_value(ref: NumericSummary, cur: NumericSummary) -> float:
@@ -219,18 +223,32 @@ def z_p_value(ref: Summary, cur: Summary) -> float:
 def _binned(ref: Summary, cur: Summary, fill_zeroes: bool) -> tuple[np.ndarray, np.ndarray]:
     """Reference and current shares per bin: Sturges bins over both samples' range for numeric
     columns with more than 20 distinct reference values, otherwise one bin per value."""
+    edges = None
     if isinstance(ref, NumericSummary) and isinstance(cur, NumericSummary) and ref.distinct > 20:
-        low = min(ref.values[0], cur.values[0])
-        high = max(ref.values[-1], cur.values[-1])
-        edges = np.histogram_bin_edges([low, high], bins=int(np.ceil(np.log2(ref.n + cur.n)) + 1))
-        p = np.histogram(ref.values, edges, weights=ref.counts)[0] / ref.n
-        q = np.histogram(cur.values, edges, weights=cur.counts)[0] / cur.n
+        scale = scale_for(ref.values, cur.values)  # a range past the float64 limit is inf
+        low = min(ref.values[0], cur.values[0]) / scale
+        high = max(ref.values[-1], cur.values[-1]) / scale
+        edges = _bin_edges(low, high, int(np.ceil(np.log2(ref.n + cur.n)) + 1))
+    if edges is not None:
+        assert isinstance(ref, NumericSummary) and isinstance(cur, NumericSummary)
+        p = np.histogram(ref.values / scale, edges, weights=ref.counts)[0] / ref.n
+        q = np.histogram(cur.values / scale, edges, weights=cur.counts)[0] / cur.n
     else:
         keys = _keys(ref, cur)
         p, q = _counts(ref, keys) / ref.n, _counts(cur, keys) / cur.n
     if fill_zeroes:
         p, q = _fill_zeroes(p), _fill_zeroes(q)
     return p, q
+
+
+def _bin_edges(low: float, high: float, bins: int) -> np.ndarray | None:
+    """Equal-width edges over [low, high], or None where the range is too narrow for that many
+    distinct float64 edges (values packed within a few units of the last place, as a range
+    near 1e308 can be): the values are then compared one bin per value."""
+    try:
+        return np.histogram_bin_edges([low, high], bins=bins)
+    except ValueError:
+        return None
 
 
 def _fill_zeroes(shares: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +16,32 @@ from shipml.monitoring.service import MonitorResult
 from shipml.monitoring.summary import CategoricalSummary, NumericSummary, Summary
 
 MAX_BARS = 15
+_HUGE = 1e100  # past this magnitude an axis is drawn in units of a power of ten
 _REFERENCE = "#8c959f"
 _CURRENT = "#0969da"
+
+
+def _axis_unit(low: float, high: float) -> float:
+    """1 for ordinary values; a power of ten for values so large that the axis would overflow
+    (a range across ±1.7e308 is inf): the axis then reads in units of it."""
+    largest = max(abs(low), abs(high))
+    return 1.0 if largest < _HUGE else 10.0 ** math.floor(math.log10(largest))
 
 
 def _numeric_figure(name: str, ref: NumericSummary, cur: NumericSummary) -> Figure:
     low = float(min(ref.quantiles(np.array([0.005]))[0], cur.quantiles(np.array([0.005]))[0]))
     high = float(max(ref.quantiles(np.array([0.995]))[0], cur.quantiles(np.array([0.995]))[0]))
+    unit = _axis_unit(low, high)
+    low, high = low / unit, high / unit
     if not high > low:
         low, high = low - 0.5, high + 0.5
     edges = np.linspace(low, high, 41)
     fig, ax = new_figure((6.0, 3.2))
     for summary, label, color in ((ref, "reference", _REFERENCE), (cur, "current", _CURRENT)):
-        inside = np.clip(summary.values, low, high)  # the outer 0.5% lands in the end bins
+        inside = np.clip(summary.values / unit, low, high)  # the outer 0.5% in the end bins
         shares = np.histogram(inside, edges, weights=summary.counts)[0] / max(summary.n, 1)
         ax.stairs(shares, edges, label=label, color=color, fill=label == "reference", alpha=0.6)
-    ax.set_xlabel(name)
+    ax.set_xlabel(name if unit == 1.0 else f"{name} (in units of {unit:.0e})")
     ax.set_ylabel("share of rows")
     ax.legend(frameon=False)
     return fig

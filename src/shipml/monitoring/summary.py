@@ -11,6 +11,7 @@ pickle), which is how a model version carries its reference profile.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,30 @@ import pandas as pd
 
 EXACT_DISTINCT = 20_000  # distinct values kept exactly per numeric column
 SKETCH_CENTROIDS = 10_000  # centroids kept once a column has more distinct values
+# Below this magnitude sums, differences and squares over a column cannot overflow float64
+# (2**500 squared is 2**1000); above it, arithmetic runs on values divided by a power of two.
+_SAFE_MAGNITUDE = 2.0**500
+
+
+def scale_for(*arrays: np.ndarray) -> float:
+    """1.0 for ordinary values (so they compute exactly as they always did), else the power of
+    two at or above the largest magnitude, at most 2**1023: values divided by it lie within
+    [-2, 2] (the division is exact), so sums, differences and squares of them stay finite, where
+    values near the float64 limit (1.7e308) overflow to inf and NaN."""
+    largest = _largest(*arrays)
+    return 1.0 if largest < _SAFE_MAGNITUDE else _power_of_two(largest)
+
+
+def _largest(*arrays: np.ndarray) -> float:
+    return max((float(np.max(np.abs(a))) for a in arrays if len(a)), default=0.0)
+
+
+def _power_of_two(magnitude: float) -> float:
+    return 2.0 ** min(math.ceil(math.log2(magnitude)), 1023) if magnitude > 0 else 1.0
+
+
+def _mean(data: np.ndarray, scale: float) -> float:
+    return float(np.mean(data / scale)) * scale if scale != 1.0 else float(data.mean())
 
 
 def _distinct(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +76,20 @@ class NumericSummary:
     @property
     def std(self) -> float:
         """Population standard deviation (ddof=0, as numpy and Evidently compute it)."""
-        return float(np.sqrt(self.m2 / self.n)) if self.n else 0.0
+        return self.std_over(1.0)
+
+    def std_over(self, scale: float) -> float:
+        """The standard deviation divided by ``scale`` (see scale_for). When the running second
+        moment overflowed (values beyond about 1e154), it is computed again from the summarised
+        values divided by ``scale``: exact for an exact summary, close for a sketch."""
+        if not self.n:
+            return 0.0
+        if math.isfinite(self.m2):
+            return float(np.sqrt(self.m2 / self.n)) / scale
+        within = _power_of_two(_largest(self.values, np.array([self.mean])))
+        centred = self.values / within - self.mean / within
+        spread = float(np.sqrt(np.dot(self.counts, centred * centred) / self.n))
+        return spread * (within / scale)
 
     @property
     def rows(self) -> int:
@@ -72,17 +110,27 @@ class NumericSummary:
         if n_b == 0:
             return self
         # Chan et al.'s parallel update of mean and M2: stable, and exact chunk by chunk.
-        mean_b = float(data.mean())
-        centred = data - mean_b
-        m2_b = float(np.dot(centred, centred))
+        scale = scale_for(data)
+        mean_b = _mean(data, scale)
+        centred = data / scale - mean_b / scale if scale != 1.0 else data - mean_b
+        with np.errstate(over="ignore"):  # M2 of values past 1e154 is inf: see std_over
+            m2_b = float(np.dot(centred, centred)) * scale * scale
         del centred
-        total = self.n + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * n_b / total
-        self.m2 += m2_b + delta * delta * self.n * n_b / total
-        self.n = total
+        self._update_moments(n_b, mean_b, m2_b)
         self._merge(*_distinct(data))
         return self
+
+    def _update_moments(self, n_b: int, mean_b: float, m2_b: float) -> None:
+        total = self.n + n_b
+        delta = mean_b - self.mean
+        step = delta * n_b / total
+        if math.isfinite(step):
+            self.mean += step
+        else:  # means far apart near the float64 limit: a weighted mean cannot overflow
+            self.mean = self.mean * (self.n / total) + mean_b * (n_b / total)
+        # Past about 1e154 the square overflows to inf (never NaN: every term is >= 0).
+        self.m2 += m2_b + (delta * delta * self.n * n_b / total if self.n else 0.0)
+        self.n = total
 
     def _merge(self, values: np.ndarray, counts: np.ndarray) -> None:
         if len(self.values):
@@ -104,9 +152,10 @@ class NumericSummary:
         scale = np.arcsin(2 * middle - 1) / np.pi + 0.5
         group = np.minimum((scale * SKETCH_CENTROIDS).astype(np.int64), SKETCH_CENTROIDS - 1)
         mass = np.bincount(group, weights=counts)
-        moment = np.bincount(group, weights=counts * self.values)
+        scale = scale_for(self.values)
+        moment = np.bincount(group, weights=counts * (self.values / scale))
         keep = mass > 0
-        self.values = moment[keep] / mass[keep]
+        self.values = moment[keep] / mass[keep] * scale
         self.counts = np.rint(mass[keep]).astype(np.int64)
         self.exact = False
 
@@ -115,11 +164,7 @@ class NumericSummary:
         out.exact = self.exact and other.exact
         out.n, out.mean, out.m2 = self.n, self.mean, self.m2
         if other.n:
-            total = self.n + other.n
-            delta = other.mean - self.mean
-            out.mean = self.mean + delta * other.n / total
-            out.m2 = self.m2 + other.m2 + delta * delta * self.n * other.n / total
-            out.n = total
+            out._update_moments(other.n, other.mean, other.m2)
             out._merge(other.values, other.counts)
         out.missing += other.missing
         return out
@@ -143,7 +188,7 @@ class NumericSummary:
             "n": self.n,
             "missing": self.missing,
             "mean": self.mean,
-            "m2": self.m2,
+            "m2": self.m2 if math.isfinite(self.m2) else None,  # overflowed: JSON has no inf
             "values": self.values.tolist(),
             "counts": self.counts.tolist(),
         }
@@ -157,7 +202,7 @@ class NumericSummary:
             exact=bool(data["exact"]),
             n=int(data["n"]),
             mean=float(data["mean"]),
-            m2=float(data["m2"]),
+            m2=math.inf if data["m2"] is None else float(data["m2"]),
         )
 
 
