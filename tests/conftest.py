@@ -22,6 +22,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from typer.testing import CliRunner
 
 from shipml.cli import app
+from tests.chaos import figures as chaos_figures
 
 
 def _keep_absl_off_the_capture_file() -> None:
@@ -182,6 +184,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             from _pytest.nodeid import NodeId
 
             item._id = NodeId.parse(item.nodeid + suffix)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A fresh file for the chaos suite's figures, once per run (not on xdist's workers)."""
+    if not hasattr(session.config, "workerinput"):
+        chaos_figures.figures_file().unlink(missing_ok=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """What the chaos suite tried and what held, as one table (tests/chaos/figures.py)."""
+    text = chaos_figures.table()
+    if text:
+        terminalreporter.write_sep("=", "chaos suite: what was tried and what held")
+        terminalreporter.write_line(text)
 
 
 @pytest.fixture(scope="session")

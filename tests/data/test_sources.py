@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import sqlite3
 from pathlib import Path
 
@@ -12,7 +13,13 @@ import pytest
 import sqlalchemy
 
 from shipml.config import DataConfig
-from shipml.data.sources import fingerprint, load_table, mask_url, read_table_file
+from shipml.data.sources import (
+    fingerprint,
+    iter_table_file,
+    load_table,
+    mask_url,
+    read_table_file,
+)
 from shipml.errors import DataError, DataSourceError, ShipmlError
 
 
@@ -97,6 +104,28 @@ def test_duplicate_column_after_strip(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         read_table_file(path)
     _assert_user_error(info.value, "dup.csv", "'age'")
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.csv.gz", "data.tsv"])
+def test_a_header_naming_a_column_twice_is_refused(tmp_path: Path, name: str) -> None:
+    # pandas would read the second 'duration' as 'duration.1', silently.
+    sep = "\t" if name.endswith(".tsv") else ","
+    text = sep.join(["id", "duration", "age", "duration"]) + "\n" + sep.join("1234") + "\n"
+    path = tmp_path / name
+    frame = pd.read_csv(io.StringIO(text), sep=sep, header=None)
+    frame.to_csv(path, sep=sep, index=False, header=False)
+    with pytest.raises(DataError) as err:
+        read_table_file(path)
+    _assert_user_error(err.value, name, "'duration'", "columns 2 and 4")
+    with pytest.raises(DataError) as err:
+        list(iter_table_file(path))
+    _assert_user_error(err.value, "'duration'", "columns 2 and 4")
+
+
+def test_a_column_named_like_pandas_renames_duplicates_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("duration,duration.1,y\n1,2,3\n")
+    assert list(read_table_file(path).columns) == ["duration", "duration.1", "y"]
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -132,6 +132,11 @@ def _reading(path: Path, kind: str) -> Iterator[None]:
             f"{path}: cannot parse as CSV ({_first_line(err)})",
             "check the separator and quoting; every row needs as many fields as the header",
         ) from None
+    except EOFError:  # a compressed file cut short: click would print a bare "Aborted."
+        raise DataError(
+            f"{path}: the compressed file is cut short (it ends before its data does)",
+            "copy or download the file again",
+        ) from None
     except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid/ArrowIOError, gzip errors, ...
         what = "Parquet" if kind == "parquet" else "CSV"
         raise DataError(
@@ -145,6 +150,22 @@ def _reading(path: Path, kind: str) -> Iterator[None]:
                 "check that the file is a valid Parquet file",
             ) from None
         raise
+
+
+def _csv_header_duplicates(path: Path, sep: str) -> None:
+    """Refuse a CSV whose header names a column twice: pandas would read the second as
+    ``name.1`` and the user's config would silently point at only one of them."""
+    header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+    names = [str(v).strip() for v in header.iloc[0]] if len(header) else []
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if name in seen:
+            raise DataError(
+                f"{path}: column '{name}' appears more than once in the header "
+                f"(columns {seen[name]} and {position})",
+                "rename or drop the duplicate column",
+            )
+        seen[name] = position
 
 
 def _checked_frame(df: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -166,7 +187,9 @@ def read_table_file(path: str | Path, from_config: bool = False) -> pd.DataFrame
         if kind == "parquet":
             df = pd.read_parquet(path)
         else:
-            df = pd.read_csv(path, sep=_csv_separator(path), low_memory=False)
+            sep = _csv_separator(path)
+            df = pd.read_csv(path, sep=sep, low_memory=False)
+            _csv_header_duplicates(path, sep)
     return _checked_frame(df, path)
 
 
@@ -185,9 +208,9 @@ def iter_table_file(path: str | Path, chunk_rows: int = 200_000) -> Iterator[pd.
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
             )
         else:
-            batches = pd.read_csv(
-                path, sep=_csv_separator(path), low_memory=False, chunksize=chunk_rows
-            )
+            sep = _csv_separator(path)
+            _csv_header_duplicates(path, sep)
+            batches = pd.read_csv(path, sep=sep, low_memory=False, chunksize=chunk_rows)
         first = True
         for chunk in batches:
             yield _checked_frame(chunk, path) if first else _clean_columns(chunk, str(path))
