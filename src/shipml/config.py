@@ -208,6 +208,70 @@ class RetrainConfig(_Strict):
         return value
 
 
+class RateLimitConfig(_Strict):
+    """Requests a second per client address; each server process counts its own, so with N
+    workers a client may get up to N times the rate."""
+
+    per_second: float = Field(gt=0.0, le=1_000_000.0, description="requests a second, sustained")
+    burst: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="requests taken at once before the rate applies; default: per_second, "
+        "at least 1",
+    )
+
+    @property
+    def bucket(self) -> int:
+        return self.burst if self.burst is not None else max(1, int(self.per_second))
+
+
+class RateLimitsConfig(_Strict):
+    """Rate limits per client address (a 429 answer with Retry-After past them); null: none."""
+
+    predict: RateLimitConfig | None = Field(
+        default=None, description="/predict and /predict/batch together; default: no limit"
+    )
+    feedback: RateLimitConfig | None = Field(
+        default_factory=lambda: RateLimitConfig(per_second=50.0, burst=200),
+        description="/feedback; default: 50 a second, bursts of 200",
+    )
+
+
+class ColumnBounds(_Strict):
+    """The values a numeric input column accepts; a missing end is unbounded."""
+
+    min: float | None = Field(default=None, allow_inf_nan=False)
+    max: float | None = Field(default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ColumnBounds:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class InputBoundsConfig(_Strict):
+    """The numbers /predict and /predict/batch accept per numeric column: the training range
+    (from the served version's reference profile) widened by ``margin`` on each side, or the
+    bounds given per column. A number outside is a 422 naming the column and the range."""
+
+    enabled: bool = Field(default=True, description="false: any finite number is accepted")
+    margin: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1e6,
+        description="how far past the training range a number may be, in training ranges "
+        "(max - min; for a constant column, its magnitude or 1): 1.0 accepts "
+        "[min - range, max + range]",
+    )
+    columns: dict[str, ColumnBounds] = Field(
+        default_factory=dict,
+        description="per-column bounds that replace the training range's, e.g. "
+        "{amount: {min: 0, max: 100000}}",
+    )
+
+
 class ServingConfig(_Strict):
     log_predictions: bool = True
     # Requests: a body over max_body_bytes is 413; a batch over max_batch_rows is 422.
@@ -219,6 +283,45 @@ class ServingConfig(_Strict):
     fsync_interval_s: float = Field(default=1.0, gt=0.0, le=3600.0)
     # Bearer token for /admin endpoints ($SHIPML_ADMIN_TOKEN wins); unset: they are off.
     admin_token: str | None = Field(default=None, min_length=8)
+    predict_token: str | None = Field(
+        default=None,
+        min_length=8,
+        description="bearer token /predict and /predict/batch require ($SHIPML_PREDICT_TOKEN "
+        "wins); unset: open",
+    )
+    feedback_token: str | None = Field(
+        default=None,
+        min_length=8,
+        description="bearer token /feedback requires ($SHIPML_FEEDBACK_TOKEN wins); unset: open",
+    )
+    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
+    max_string_length: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000_000,
+        description="the longest text a field of a request may hold (a category, a date, a "
+        "label), in characters; longer is a 422 naming the field",
+    )
+    input_bounds: InputBoundsConfig = Field(default_factory=InputBoundsConfig)
+    log_rotate_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=4096,
+        description="a server process starts a new prediction log file past this size",
+    )
+    log_retention_days: int | None = Field(
+        default=30,
+        ge=1,
+        le=100_000,
+        description="prediction log files (and feedback) of older days (UTC) are removed; "
+        "null: kept",
+    )
+    log_max_bytes: int | None = Field(
+        default=1024 * 1024 * 1024,
+        ge=4096,
+        description="the prediction log (and feedback) is kept under this size, oldest files "
+        "removed first (files being written are kept: each process may add up to "
+        "log_rotate_bytes); null: no bound",
+    )
 
 
 DriftMethod = Literal["ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi"]
@@ -446,6 +549,32 @@ def parse_config(raw: Any, path: Path) -> ProjectConfig:
         raise _format_error(path, err) from None
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key given twice in one mapping (PyYAML keeps the
+    last silently). Keys brought in by a merge (<<) may still be overridden, as YAML says."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first:
+                    raise _DuplicateKey(key, line, first[key])
+            except TypeError:  # an unhashable key: the constructor names it
+                continue
+            first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> ProjectConfig:
     """Read and validate shipml.yaml."""
     path = Path(path)
@@ -455,7 +584,12 @@ def load_config(path: str | Path) -> ProjectConfig:
             "run `shipml init DATA --target COLUMN` to create one, or pass -c PATH",
         )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # a SafeLoader
+    except _DuplicateKey as err:
+        raise ConfigError(
+            f"{path}: key '{err.key}' is given twice: at line {err.first} and line {err.line}",
+            f"keep one of them in {path.name}",
+        ) from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -11,7 +11,10 @@ GET /health, GET /ready, GET /model, GET /metrics, POST /admin/reload (token).
 - Bodies are parsed straight from bytes by the current model's pydantic models (pydantic-core's
   JSON parser), so the schema follows the model across swaps and the OpenAPI document at /docs is
   rebuilt from it. Bad input is a 4xx naming the field; never a 500.
-- Every answered prediction is appended to the prediction log before the answer goes out.
+- Every answered prediction is appended whole to the prediction log before the answer goes
+  out; where the log cannot take it, the answer is a 503 and /ready says why until it can.
+- Guards (serving.*): bearer tokens for /predict and /feedback, rate limits per client address,
+  text length and numeric ranges per field; /feedback takes labels for answered ids only.
 """
 
 from __future__ import annotations
@@ -19,14 +22,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import hmac
 import itertools
 import logging
+import math
 import os
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -36,29 +38,39 @@ from typing import Any
 import msgspec
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from shipml import registry
-from shipml.config import ProjectConfig
 from shipml.data.coerce import category_str
 from shipml.data.schema import Schema
 from shipml.errors import ShipmlError
 from shipml.models.fastpath import FastPredictor, value_columns
+from shipml.monitoring.service import load_profile
+from shipml.monitoring.summary import NumericSummary
 from shipml.project import Project
+from shipml.serving.answered import AnsweredIds
+from shipml.serving.guards import RateLimiter, token_matches
+from shipml.serving.logkeeping import Retention
 from shipml.serving.metrics import ServingMetrics, observe_many
-from shipml.serving.predlog import PredictionLog
+from shipml.serving.openapi import document as openapi_document
+from shipml.serving.predlog import LogUnavailable, PredictionLog, RequestIds
 from shipml.serving.requests import (
+    Bounds,
     FeedbackRequest,
+    RequestLimits,
     RequestModels,
+    bounds_message,
     frame_from_columns,
+    input_bounds,
 )
 
 log = logging.getLogger("shipml.serving")
 
 CONFIG_ENV = "SHIPML_CONFIG"
 ADMIN_TOKEN_ENV = "SHIPML_ADMIN_TOKEN"
+PREDICT_TOKEN_ENV = "SHIPML_PREDICT_TOKEN"
+FEEDBACK_TOKEN_ENV = "SHIPML_FEEDBACK_TOKEN"
 WORKERS_ENV = "SHIPML_SERVE_WORKERS"  # set by shipml serve: how many processes share the cores
 FIRST_LOAD_WAIT_S = 300.0  # a worker starts serving after its first load, or this long
 THREADED_ROWS = 128  # from this many rows a batch's trees are scored on batch_threads() threads
@@ -141,7 +153,14 @@ class ServedModel:
     probability_row: Any = None  # classification: struct encoded as {class: probability}
 
     @classmethod
-    def load(cls, store: registry.Store, ref: str | int, max_batch_rows: int) -> ServedModel:
+    def load(
+        cls,
+        store: registry.Store,
+        ref: str | int,
+        max_batch_rows: int,
+        limits: Callable[[int, Schema], RequestLimits] | None = None,
+    ) -> ServedModel:
+        """Version ``ref``; ``limits`` gives what its requests' fields may hold."""
         version = registry.resolve(store, ref)
         fast, inference, note = None, "native", "no fast copy was registered"
         try:
@@ -170,7 +189,12 @@ class ServedModel:
             schema=schema,
             pipeline=pipeline,
             metadata=loaded.metadata,
-            requests=RequestModels(schema, max_batch_rows),
+            requests=RequestModels(
+                schema,
+                max_batch_rows,
+                classes,
+                None if limits is None else limits(loaded.version, schema),
+            ),
             columns=list(schema.input_columns),
             classes=classes,
             class_keys=class_keys,
@@ -276,8 +300,10 @@ class ModelSlot:
         max_batch_rows: int,
         poll_interval: float,
         on_swap: Callable[[ServedModel | None, ServedModel], None],
+        limits: Callable[[int, Schema], RequestLimits] | None = None,
     ) -> None:
         self.store = store
+        self.limits = limits
         self.max_batch_rows = max_batch_rows
         self.poll_interval = poll_interval
         self.on_swap = on_swap
@@ -336,7 +362,7 @@ class ModelSlot:
             if current is not None and current.version == wanted:
                 return False
             try:
-                new = ServedModel.load(self.store, wanted, self.max_batch_rows)
+                new = ServedModel.load(self.store, wanted, self.max_batch_rows, self.limits)
             except ShipmlError as err:
                 self.status = f"version {wanted} could not be loaded: {err}"
                 log.error("%s", self.status)
@@ -388,12 +414,23 @@ def _json_answer(answer: dict[str, Any]) -> Response:
     return Response(_ENCODE(answer), media_type="application/json")
 
 
-def _error(status: int, kind: str, detail: Any, metrics: ServingMetrics) -> JSONResponse:
+def _error(
+    status: int,
+    kind: str,
+    detail: Any,
+    metrics: ServingMetrics,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     metrics.errors.labels(kind=kind).inc()
-    return JSONResponse({"detail": detail}, status_code=status)
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-def _validation_detail(err: ValidationError, columns: list[str]) -> list[dict[str, Any]]:
+_OUT_OF_RANGE = ("greater_than_equal", "less_than_equal")
+
+
+def _validation_detail(
+    err: ValidationError, columns: list[str], bounds: Mapping[str, Bounds] | None = None
+) -> list[dict[str, Any]]:
     out = []
     for item in err.errors(include_url=False, include_context=False, include_input=False):
         loc = [
@@ -402,12 +439,34 @@ def _validation_detail(err: ValidationError, columns: list[str]) -> list[dict[st
             else part
             for part in item["loc"]
         ]
-        out.append({"loc": ["body", *loc], "msg": item["msg"], "type": item["type"]})
+        msg = item["msg"]
+        if item["type"] in _OUT_OF_RANGE and bounds:
+            named = next((bounds[p] for p in loc if isinstance(p, str) and p in bounds), None)
+            if named is not None:
+                msg = bounds_message(named)
+        elif item["type"] == "string_too_long" or ("at most" in msg and "characters" in msg):
+            msg += " (serving.max_string_length)"
+        out.append({"loc": ["body", *loc], "msg": msg, "type": item["type"]})
     return out
 
 
-def _token(config: ProjectConfig) -> str | None:
-    return os.environ.get(ADMIN_TOKEN_ENV) or config.serving.admin_token or None
+def _secret(env: str, configured: str | None) -> str | None:
+    return os.environ.get(env) or configured or None
+
+
+def _training_ranges(project: Project, version: int) -> dict[str, tuple[float, float]]:
+    """Each numeric column's (min, max) in training, from the version's reference profile
+    (fetched once into .shipml/profiles/); none for a version trained without one."""
+    try:
+        profile = load_profile(project, version)[1]
+    except ShipmlError as err:
+        log.warning("version %s: numbers are not bounded by the training range: %s", version, err)
+        return {}
+    ranges = {}
+    for name, summary in profile.columns.items():
+        if isinstance(summary, NumericSummary) and summary.n and len(summary.values):
+            ranges[name] = (float(summary.values[0]), float(summary.values[-1]))
+    return ranges
 
 
 def create_app(project: Project | str | Path | None = None) -> FastAPI:
@@ -417,11 +476,29 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
     config = project.config
     serving = config.serving
     metrics = ServingMetrics()
+    ids = RequestIds()
+    log_folder = project.root / ".shipml" / "predictions"
     predlog = (
-        PredictionLog(project.root / ".shipml" / "predictions", serving.fsync_interval_s)
+        PredictionLog(
+            log_folder,
+            serving.fsync_interval_s,
+            rotate_bytes=serving.log_rotate_bytes,
+            retention=Retention(serving.log_retention_days, serving.log_max_bytes),
+            ids=ids,
+        )
         if serving.log_predictions
         else None
     )
+    answered = AnsweredIds(log_folder)
+    bounds_config = serving.input_bounds
+
+    def limits(version: int, schema: Schema) -> RequestLimits:
+        numeric = schema.columns_with("numeric")
+        wanted = bounds_config.enabled and numeric
+        ranges = _training_ranges(project, version) if wanted else {}
+        return RequestLimits(
+            serving.max_string_length, input_bounds(ranges, numeric, bounds_config)
+        )
 
     def on_swap(old: ServedModel | None, new: ServedModel) -> None:
         if old is not None:
@@ -430,7 +507,9 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
         metrics.served(str(new.version), new.family, new.inference)
         app.openapi_schema = None  # the input schema may have changed
 
-    slot = ModelSlot(project.store, serving.max_batch_rows, serving.reload_interval_s, on_swap)
+    slot = ModelSlot(
+        project.store, serving.max_batch_rows, serving.reload_interval_s, on_swap, limits
+    )
 
     drift_watch = None
     if predlog is not None:
@@ -469,7 +548,11 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
     app.state.slot = slot
     app.state.metrics = metrics
     app.state.drift_watch = drift_watch
-    token = _token(config)
+    token = _secret(ADMIN_TOKEN_ENV, serving.admin_token)
+    predict_token = _secret(PREDICT_TOKEN_ENV, serving.predict_token)
+    feedback_token = _secret(FEEDBACK_TOKEN_ENV, serving.feedback_token)
+    predict_rate = RateLimiter.of(serving.rate_limits.predict)
+    feedback_rate = RateLimiter.of(serving.rate_limits.feedback)
     max_body = serving.max_body_bytes
     threads = batch_threads()
     pool = ThreadPoolExecutor(threads, "shipml-score") if threads > 1 else None
@@ -513,7 +596,45 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
         try:
             return model_cls.model_validate_json(body)
         except ValidationError as err:
-            return _error(422, "bad_request", _validation_detail(err, served.columns), metrics)
+            detail = _validation_detail(err, served.columns, served.requests.limits.bounds)
+            return _error(422, "bad_request", detail, metrics)
+        except UnicodeDecodeError as err:  # (pydantic names bad UTF-8 itself: in case not)
+            detail = [{"loc": ["body"], "msg": f"not UTF-8: {err.reason}", "type": "json_invalid"}]
+            return _error(422, "bad_request", detail, metrics)
+
+    def guard(
+        authorization: str | None, client: str, expected: str | None, rate: RateLimiter | None
+    ) -> JSONResponse | None:
+        """A 401 without the route's token, a 429 past the client's rate; None: go on."""
+        if expected is not None and not token_matches(authorization or "", expected):
+            return _error(
+                401,
+                "unauthorized",
+                "missing or wrong token: send 'Authorization: Bearer <token>'",
+                metrics,
+                {"WWW-Authenticate": "Bearer"},
+            )
+        if rate is not None:
+            wait = rate.wait(client)
+            if wait > 0:
+                return _error(
+                    429,
+                    "rate_limited",
+                    f"too many requests from {client}: at most {rate.per_second:g} a second "
+                    f"(bursts of {rate.burst}; serving.rate_limits); retry in {wait:.2f} s",
+                    metrics,
+                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                )
+        return None
+
+    def log_failed(err: LogUnavailable) -> JSONResponse:
+        return _error(
+            503,
+            "log_unavailable",
+            f"{err.reason}: the prediction was not answered; retry later",
+            metrics,
+            {"Retry-After": "1"},
+        )
 
     def not_ready() -> JSONResponse:
         return _error(503, "not_ready", f"no model loaded yet: {slot.status}", metrics)
@@ -560,6 +681,7 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
         (one object per row): the answer's JSON."""
         if predlog is None:
             return
+        # (the id, then the rows, first: AnsweredIds reads them from the line's start)
         record: dict[str, Any] = {"request_id": request_id, "rows": len(predictions)}
         if isinstance(inputs, msgspec.Raw):
             record["request"] = inputs
@@ -587,23 +709,17 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
             log.exception("version %s failed to score a request", served.version)
             return _error(500, "internal", "the model failed on this input", metrics)
 
-    def observe(served: ServedModel, n: int, started: float, confidence: Any) -> float:
-        latency = time.perf_counter() - started
+    def observe(served: ServedModel, n: int, latency: float, confidence: Any) -> None:
+        """Count an answered prediction (once its record is in the log)."""
         predictions, latencies, confidences = metrics.children(str(served.version))
         predictions.inc(n)
         latencies.observe(latency)
         if confidence is not None:
             observe_many(confidences, confidence)
-        return latency
 
     # (the model, the values per column, its outputs, the body where msgspec read it)
     Scored = tuple[ServedModel, list[list[Any]], np.ndarray, bytes | None]
-    # Request ids: 80 random bits for this process, then a counter (32 hex digits, as a uuid4
-    # has; unique across workers and restarts without a system call per request).
-    id_prefix, id_counter = uuid.uuid4().hex[:20], itertools.count()
-
-    def new_id() -> str:
-        return f"{id_prefix}{next(id_counter) & 0xFFFFFFFFFFFF:012x}"
+    new_id = ids.new
 
     async def scored(body_or_error: Any, batch: bool) -> Scored | Response:
         """The request's rows scored by the model current when it arrived, or the error."""
@@ -645,8 +761,12 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
             answer["probabilities"] = dict(zip(served.class_keys, outputs[0].tolist(), strict=True))
         answer["model_version"] = str(served.version)
         answer["request_id"] = request_id
-        latency = observe(served, 1, started, confidence)
-        log_one(served, request_id, values, predictions[0], confidence, outputs, latency)
+        latency = time.perf_counter() - started
+        try:
+            log_one(served, request_id, values, predictions[0], confidence, outputs, latency)
+        except LogUnavailable as err:
+            return log_failed(err)
+        observe(served, 1, latency, confidence)
         return _json_answer(answer)
 
     async def answer_batch(started: float, body: Any) -> Response:
@@ -669,7 +789,7 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
             answer["probabilities"] = probabilities_json
         answer["model_version"] = str(served.version)
         answer["request_ids"] = msgspec.Raw(_batch_ids(n).replace(_ID_HOLE, batch_id.encode()))
-        latency = observe(served, n, started, confidence)
+        latency = time.perf_counter() - started
         inputs: dict[str, list[Any]] | msgspec.Raw
         if strict_body is None:
             inputs = dict(zip(served.columns, values, strict=True))
@@ -679,24 +799,59 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
             inputs = msgspec.Raw(strict_body.replace(b"\n", b" ").replace(b"\r", b" "))
         else:
             inputs = msgspec.Raw(strict_body)
-        log_batch(
-            served, batch_id, inputs, predictions, confidence_json, probabilities_json, latency
-        )
+        try:
+            log_batch(
+                served, batch_id, inputs, predictions, confidence_json, probabilities_json, latency
+            )
+        except LogUnavailable as err:
+            return log_failed(err)
+        observe(served, n, latency, confidence)
         return _json_answer(answer)
 
     # The routes FastAPI documents and serves; shipml serve's hot path reaches the same two
     # functions through the lane below, without FastAPI's request and dependency handling.
+    guarded = predict_token is not None or predict_rate is not None
+
+    def client_of(scope: Any) -> str:
+        client = scope.get("client")
+        return str(client[0]) if client else "unknown"
+
+    def predict_refusal(request: Request) -> Response | None:
+        if not guarded:
+            return None
+        authorization = request.headers.get("authorization")
+        return guard(authorization, client_of(request.scope), predict_token, predict_rate)
+
     @app.post("/predict", tags=["predict"], summary="Predict one row")
     async def predict(request: Request) -> Response:
-        return await answer_one(time.perf_counter(), read_json(request))
+        started = time.perf_counter()
+        refused = predict_refusal(request)
+        if refused is not None:
+            return refused
+        return await answer_one(started, read_json(request))
 
     @app.post("/predict/batch", tags=["predict"], summary="Predict many rows")
     async def predict_batch(request: Request) -> Response:
-        return await answer_batch(time.perf_counter(), read_json(request))
+        started = time.perf_counter()
+        refused = predict_refusal(request)
+        if refused is not None:
+            return refused
+        return await answer_batch(started, read_json(request))
 
     async def lane(scope: Any, receive: Any, send: Any) -> None:
         started = time.perf_counter()
         headers = dict(scope["headers"])
+        if guarded:
+            authorization = headers.get(b"authorization")
+            refused = guard(
+                None if authorization is None else authorization.decode("latin-1"),
+                client_of(scope),
+                predict_token,
+                predict_rate,
+            )
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
         declared = headers.get(b"content-length")
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -721,52 +876,60 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
 
     @app.post("/feedback", tags=["monitor"], summary="Attach the true label to a prediction")
     async def feedback(request: Request) -> Response:
+        refused = guard(
+            request.headers.get("authorization"),
+            client_of(request.scope),
+            feedback_token,
+            feedback_rate,
+        )
+        if refused is not None:
+            return refused
         served = slot.current
         body = await read_json(request)
         if isinstance(body, Response):
             return body
+        model_cls = FeedbackRequest if served is None else served.requests.feedback
         try:
-            parsed = FeedbackRequest.model_validate_json(body)
+            parsed = model_cls.model_validate_json(body)
         except ValidationError as err:
             return _error(422, "bad_request", _validation_detail(err, []), metrics)
         label: Any = parsed.label
-        if served is not None and served.classes is not None:
-            keys = {category_str(c): c for c in served.classes}
-            if category_str(label) not in keys:
-                return _error(
-                    422,
-                    "bad_request",
-                    [
-                        {
-                            "loc": ["body", "label"],
-                            "msg": f"not a class of the model; classes: "
-                            f"{', '.join(served.class_keys[:20])}",
-                            "type": "value_error",
-                        }
-                    ],
-                    metrics,
-                )
-            label = _plain(keys[category_str(label)])
-        elif served is not None and (isinstance(label, bool) or not isinstance(label, int | float)):
-            return _error(
-                422,
-                "bad_request",
-                [{"loc": ["body", "label"], "msg": "a number", "type": "value_error"}],
-                metrics,
-            )
-        if predlog is not None:
+        if predlog is None:
+            return JSONResponse({"request_id": parsed.request_id, "recorded": False})
+        if not await asyncio.to_thread(answered.__contains__, parsed.request_id):
+            detail = [
+                {
+                    "loc": ["body", "request_id"],
+                    "msg": "no prediction answered by this server has this request_id",
+                    "type": "value_error",
+                }
+            ]
+            return _error(422, "bad_request", detail, metrics)
+        try:
             predlog.feedback({"request_id": parsed.request_id, "label": label, "time": time.time()})
-        return JSONResponse({"request_id": parsed.request_id, "recorded": predlog is not None})
+        except LogUnavailable as err:
+            return _error(503, "log_unavailable", err.reason, metrics, {"Retry-After": "1"})
+        return JSONResponse({"request_id": parsed.request_id, "recorded": True})
 
     @app.get("/health", tags=["service"], summary="Liveness: the process answers")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["service"], summary="Readiness: 200 once a model is loaded")
+    @app.get(
+        "/ready",
+        tags=["service"],
+        summary="Readiness: 200 once a model is loaded and the prediction log can be written",
+    )
     async def ready() -> Response:
         served = slot.current
         if served is None:
             return JSONResponse({"ready": False, "detail": slot.status}, status_code=503)
+        failure = None if predlog is None else predlog.health()
+        if failure is not None:
+            return JSONResponse(
+                {"ready": False, "detail": failure, "model_version": str(served.version)},
+                status_code=503,
+            )
         return JSONResponse({"ready": True, "model_version": str(served.version)})
 
     @app.get("/model", tags=["service"], summary="The served model and its input schema")
@@ -790,8 +953,7 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
                 },
                 status_code=403,
             )
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        if not token_matches(request.headers.get("authorization", ""), token):
             return JSONResponse(
                 {"detail": "missing or wrong token: send 'Authorization: Bearer <token>'"},
                 status_code=401,
@@ -810,33 +972,29 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
-        document = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
         served = slot.current
         bodies: dict[str, type[BaseModel]] = {"/feedback": FeedbackRequest}
         if served is not None:
             bodies["/predict"] = served.requests.predict
             bodies["/predict/batch"] = served.requests.batch
-        components = document.setdefault("components", {}).setdefault("schemas", {})
-        for path, model_cls in bodies.items():
-            schema = model_cls.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(schema.pop("$defs", {}))
-            components[model_cls.__name__] = schema
-            operation = document["paths"][path]["post"]
-            operation["requestBody"] = {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"$ref": f"#/components/schemas/{model_cls.__name__}"}
-                    }
-                },
-            }
-            operation.setdefault("responses", {})["422"] = {
-                "description": "A field is missing, unknown or of the wrong type (named in detail)"
-            }
-        app.openapi_schema = document
-        return document
+            bodies["/feedback"] = served.requests.feedback
+
+        def answers(token: str | None, rate: RateLimiter | None) -> tuple[str, ...]:
+            shown = ("401",) * (token is not None) + ("413", "415", "422")
+            return shown + ("429",) * (rate is not None) + ("503",)
+
+        predict_answers = answers(predict_token, predict_rate)
+        app.openapi_schema = openapi_document(
+            app,
+            bodies,
+            {
+                "/predict": predict_answers,
+                "/predict/batch": predict_answers,
+                "/feedback": answers(feedback_token, feedback_rate),
+            },
+            metrics.content_type,
+        )
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -59,8 +59,11 @@ class DriftWatch:
     def _holds_lock(self) -> bool:
         if self._lock_fd is not None:
             return True
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / ".drift.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.folder / ".drift.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:  # a log folder that cannot be written: /ready says so
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -23,7 +23,16 @@ from prometheus_client import (
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
-ERROR_KINDS = ("bad_request", "body_too_large", "not_ready", "unsupported_media_type", "internal")
+ERROR_KINDS = (
+    "bad_request",
+    "body_too_large",
+    "not_ready",
+    "unsupported_media_type",
+    "unauthorized",
+    "rate_limited",
+    "log_unavailable",  # the prediction log could not take the record: nothing was answered
+    "internal",
+)
 
 
 def observe_many(histogram: Any, values: np.ndarray) -> None:

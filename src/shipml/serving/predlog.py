@@ -1,28 +1,40 @@
 """The prediction log: every answered prediction, append-only, under .shipml/predictions/.
 
-Each server process appends JSON lines to its own file (no locks between workers), with one
-``write`` system call per record made *before* the response is sent: once a client has its
-answer, the record is in the operating system's page cache, so it survives the server being
-killed (SIGKILL included). That call takes microseconds; the expensive part, ``fsync`` to the
-disk (which only a power loss or kernel crash would need), runs in a background thread every
-``fsync_interval`` seconds and never on the request path. A record cut short by a crash mid-write
-is at most the file's last line; readers skip it.
+Each server process appends JSON lines to its own file (no locks between workers), *before* the
+response is sent: once a client has its answer, the record is whole in the operating system's
+page cache, so it survives the server being killed (SIGKILL included). A record is written by
+``write`` calls until every byte is in (a full disk may take part of one); when one fails, the
+file is cut back to the record's start, the prediction is not answered (503) and the log is
+marked unhealthy until a probe finds it writable again (/ready says so meanwhile). ``fsync`` to
+the disk (which only a power loss or kernel crash would need) runs in a background thread every
+``fsync_interval`` seconds, never on the request path; a record cut short by such a crash is at
+most a file's last line: readers skip it and the next server's start cuts it off
+(``logkeeping.repair``).
 
-Layout: ``predictions/YYYY-MM-DD/<pid>-<start>.jsonl`` (predictions) and
-``predictions/feedback/YYYY-MM-DD/<pid>-<start>.jsonl`` (labels sent to /feedback). A batch is
-one record: its predictions and confidences a list each, its probabilities one object per row as
-the answer gave them (``probability_rows``), its inputs a list per column or, where the request
-came in the strict form (every row an object of the model's columns), the request itself
-(``request``); ``read_predictions`` and ``recent_predictions`` give one record per row.
+Layout: ``predictions/YYYY-MM-DD/<prefix>-<n>.jsonl`` (predictions) and
+``predictions/feedback/YYYY-MM-DD/<prefix>-<n>.jsonl`` (labels sent to /feedback), where
+``<prefix>`` is the first 20 characters of every request id the process gives (so the file of an
+answered id is found by its name, ``answered.AnsweredIds``) and ``n`` counts the process's files
+(a new one each day and each ``rotate_bytes``). A process holds an exclusive ``flock`` on the
+file it writes, so that no other process repairs or deletes it. A batch is one record: its
+predictions and confidences a list each, its probabilities one object per row as the answer
+gave them (``probability_rows``), its inputs a list per column or, where the request came in the
+strict form (every row an object of the model's columns), the request itself (``request``);
+``read_predictions`` and ``recent_predictions`` give one record per row.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import itertools
 import json
+import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,82 +42,206 @@ from typing import Any
 
 import msgspec
 
+from shipml.serving import logkeeping
+
+log = logging.getLogger("shipml.serving")
+
 FEEDBACK = "feedback"
+PREFIX_LENGTH = 20  # the characters of a request id that name its process (and its files)
+ROTATE_BYTES = 64 * 1024 * 1024
 # JSON as json.dumps(record, separators=(",", ":"), default=str) writes it, but faster (a
 # 1,000-row batch is one record) and NaN as null, which every JSON reader accepts.
 _ENCODE = msgspec.json.Encoder(enc_hook=str).encode
 
 
-class _Appender:
-    """One process's append-only JSON-lines file for one day, with background fsync."""
+class LogUnavailable(Exception):
+    """A record could not be written: ``reason`` is for the client (no server paths)."""
 
-    def __init__(self, folder: Path, fsync_interval: float) -> None:
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RequestIds:
+    """Request ids: 80 random bits for this process, then a counter (32 hex digits, as a uuid4
+    has; unique across workers and restarts without a system call per request)."""
+
+    def __init__(self) -> None:
+        self.prefix = uuid.uuid4().hex[:PREFIX_LENGTH]
+        self._counter = itertools.count()
+
+    def new(self) -> str:
+        return f"{self.prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+class _Appender:
+    """One process's append-only JSON-lines files (one per day and per ``rotate_bytes``), with
+    background fsync."""
+
+    def __init__(self, folder: Path, tag: str, rotate_bytes: int) -> None:
         self.folder = folder
-        self.fsync_interval = fsync_interval
+        self.tag = tag
+        self.rotate_bytes = rotate_bytes
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._day = ""
+        self._size = 0
         self._dirty = False
-        self._tag = f"{os.getpid()}-{int(time.time() * 1000)}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sync_loop, name="shipml-predlog", daemon=True)
-        self._thread.start()
+        self._files = itertools.count()
+        self._retired: list[int] = []  # files done with: synced and closed by ``sync``
 
     def _open(self, day: str) -> int:
-        if self._fd is not None:
-            os.close(self._fd)
+        if self._fd is not None:  # (its fsync is not for the request path: ``sync`` does it)
+            self._retired.append(self._fd)
+            self._fd = None
         folder = self.folder / day
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self._tag}.jsonl"
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._day = day
-        return self._fd
+        path = folder / f"{self.tag}-{next(self._files):06d}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # Held while the file is written: no other process repairs or deletes it meanwhile.
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._fd, self._day, self._size = fd, day, os.fstat(fd).st_size
+        return fd
+
+    def _drop(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append one record whole, or raise LogUnavailable with the file as it was."""
         line = _ENCODE(record) + b"\n"
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         with self._lock:
-            fd = self._fd if day == self._day and self._fd is not None else self._open(day)
-            os.write(fd, line)  # one call: the whole line reaches the page cache or none of it
+            try:
+                fd = self._fd
+                if (
+                    fd is None
+                    or day != self._day
+                    or (self._size and self._size + len(line) > self.rotate_bytes)
+                ):
+                    fd = self._open(day)
+            except OSError as err:
+                raise _unavailable(err, self.folder) from None
+            start, done = self._size, 0
+            view = memoryview(line)
+            try:
+                while done < len(line):  # a full disk may take part of a record
+                    written = os.write(fd, view[done:])
+                    if written <= 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    done += written
+            except OSError as err:
+                self._cut(fd, start)
+                raise _unavailable(err, self.folder) from None
+            self._size = start + done
             self._dirty = True
 
-    def _sync_loop(self) -> None:
-        while not self._stop.wait(self.fsync_interval):
-            self.sync()
+    def _cut(self, fd: int, start: int) -> None:
+        """Take a partly written record back out; where that fails, leave the file (its torn
+        last line is skipped by readers and cut at the next start) for a new one."""
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            self._drop()
 
     def sync(self) -> None:
         with self._lock:
             fd, dirty = self._fd, self._dirty
+            retired, self._retired = self._retired, []
             self._dirty = False
+        for old in retired:
+            with contextlib.suppress(OSError):
+                os.fsync(old)
+            os.close(old)
         if fd is not None and dirty:
-            # OSError: closed by a day change in between; the next round syncs the new file.
+            # OSError: closed after a failed write in between; the next round syncs the next.
             with contextlib.suppress(OSError):
                 os.fsync(fd)
 
     def close(self) -> None:
-        self._stop.set()
         self.sync()
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._drop()
+
+
+def _unavailable(err: OSError, folder: Path) -> LogUnavailable:
+    reason = err.strerror or type(err).__name__
+    log.error("the prediction log under %s cannot be written: %s", folder, err)
+    return LogUnavailable(f"the prediction log cannot be written ({reason})")
 
 
 class PredictionLog:
-    """Appends predictions and feedback for one server process."""
+    """Appends predictions and feedback for one server process, keeps the log within its
+    retention (``logkeeping.Retention``) and knows whether it can be written."""
 
-    def __init__(self, folder: Path, fsync_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        fsync_interval: float = 1.0,
+        rotate_bytes: int = ROTATE_BYTES,
+        retention: logkeeping.Retention | None = None,
+        ids: RequestIds | None = None,
+    ) -> None:
         self.folder = folder
-        self._predictions = _Appender(folder, fsync_interval)
-        self._feedback = _Appender(folder / FEEDBACK, fsync_interval)
+        self.fsync_interval = fsync_interval
+        self.ids = ids or RequestIds()
+        self.retention = retention
+        self._predictions = _Appender(folder, self.ids.prefix, rotate_bytes)
+        self._feedback = _Appender(folder / FEEDBACK, self.ids.prefix, rotate_bytes)
+        self.failure: str | None = None  # why the last write failed, until a probe succeeds
+        self._probed = 0.0
+        self._stop = threading.Event()
+        with contextlib.suppress(OSError):
+            folder.mkdir(parents=True, exist_ok=True)
+        logkeeping.repair(folder)
+        self.failure = logkeeping.probe(folder, self.ids.prefix)
+        self._thread = threading.Thread(target=self._loop, name="shipml-predlog", daemon=True)
+        self._thread.start()
 
     def prediction(self, record: dict[str, Any]) -> None:
-        self._predictions.write(record)
+        self._write(self._predictions, record)
 
     def feedback(self, record: dict[str, Any]) -> None:
-        self._feedback.write(record)
+        self._write(self._feedback, record)
+
+    def _write(self, appender: _Appender, record: dict[str, Any]) -> None:
+        try:
+            appender.write(record)
+        except LogUnavailable as err:
+            self.failure = err.reason
+            raise
+        if self.failure is not None:
+            self.failure = None
+
+    def health(self, every: float = 0.5) -> str | None:
+        """None while the log can be written, else why not. After a failed write, a probe
+        (at most every ``every`` seconds) tells when it can be again."""
+        if self.failure is None:
+            return None
+        now = time.monotonic()
+        if now - self._probed >= every:
+            self._probed = now
+            if logkeeping.probe(self.folder, self.ids.prefix) is None:
+                self.failure = None
+        return self.failure
+
+    def _loop(self) -> None:
+        kept = 0.0
+        while not self._stop.wait(self.fsync_interval):
+            self._predictions.sync()
+            self._feedback.sync()
+            if self.retention is not None and time.monotonic() - kept >= self.retention.every_s:
+                kept = time.monotonic()
+                try:
+                    self.retention.apply(self.folder)
+                except OSError as err:
+                    log.warning("prediction log retention: %s", err)
 
     def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
         self._predictions.close()
         self._feedback.close()
 
@@ -229,5 +365,11 @@ def recent_predictions(
 
 
 def latest_labels(folder: Path) -> dict[str, Any]:
-    """request id -> the last label sent to /feedback for it."""
-    return {str(r["request_id"]): r.get("label") for r in read_feedback(folder)}
+    """request id -> the last label sent to /feedback for it (by the time it was recorded:
+    the workers and runs of a server write files of their own)."""
+    latest: dict[str, tuple[float, Any]] = {}
+    for record in read_feedback(folder):
+        key, when = str(record["request_id"]), float(record.get("time") or 0.0)
+        if key not in latest or when >= latest[key][0]:
+            latest[key] = (when, record.get("label"))
+    return {key: label for key, (_, label) in latest.items()}

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import annotated_types
 import msgspec
 import pandas as pd
 from msgspec.structs import astuple
@@ -26,15 +29,62 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    StringConstraints,
+    WithJsonSchema,
     create_model,
     field_validator,
     model_validator,
 )
 
-from shipml.data.coerce import BOOL_FALSE, BOOL_TRUE
+from shipml.config import InputBoundsConfig
+from shipml.data.coerce import BOOL_FALSE, BOOL_TRUE, category_str
 from shipml.data.schema import Schema
 
 MAX_SHOWN_CATEGORIES = 50
+Bounds = tuple[float | None, float | None]  # (lowest, highest) accepted; None: unbounded
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What a request's fields may hold beyond their types: text up to ``max_string``
+    characters, numbers of a column within its ``bounds``."""
+
+    max_string: int | None = None
+    bounds: Mapping[str, Bounds] = field(default_factory=dict)
+
+
+def input_bounds(
+    ranges: Mapping[str, tuple[float, float]], numeric: list[str], config: InputBoundsConfig
+) -> dict[str, Bounds]:
+    """The accepted range of each numeric column: its training range (``ranges``, from the
+    reference profile) widened by ``config.margin`` training ranges on each side, or the
+    column's bounds in ``config.columns``."""
+    if not config.enabled:
+        return {}
+    bounds: dict[str, Bounds] = {}
+    for name in numeric:
+        given = config.columns.get(name)
+        if given is not None:
+            bounds[name] = (given.min, given.max)
+        elif name in ranges:
+            low, high = ranges[name]
+            width = high - low or max(abs(low), abs(high), 1.0)
+            bounds[name] = (low - config.margin * width, high + config.margin * width)
+    return bounds
+
+
+def _shown(bounds: Bounds) -> str:
+    low, high = bounds
+    return (
+        f"[{'-inf' if low is None else f'{low:.6g}'}, {'inf' if high is None else f'{high:.6g}'}]"
+    )
+
+
+def bounds_message(bounds: Bounds) -> str:
+    return (
+        f"outside the accepted range {_shown(bounds)} (the training range widened by "
+        "serving.input_bounds.margin, or serving.input_bounds.columns)"
+    )
 
 
 def _finite(value: Any) -> Any:
@@ -43,11 +93,13 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _datetime_text(value: Any) -> Any:
+def _datetime_text(value: Any, max_length: int | None = None) -> Any:
     if value is None:
         return None
     if not isinstance(value, str):
         raise ValueError("must be a date/time string, e.g. 2024-05-01 or 2024-05-01T12:30:00")
+    if max_length is not None and len(value) > max_length:
+        raise ValueError(f"String should have at most {max_length} characters")
     try:
         stamp = pd.Timestamp(value)
     except (ValueError, OverflowError) as err:
@@ -61,7 +113,6 @@ def _datetime_text(value: Any) -> Any:
 # booleans, NaN and infinity do not.
 Finite = Annotated[StrictFloat, AllowInfNan(False)]
 Number = Finite | None
-Category = StrictStr | StrictInt | Finite | None
 
 
 def _boolean(value: Any) -> Any:
@@ -82,24 +133,48 @@ def _boolean(value: Any) -> Any:
 
 
 Boolean = Annotated[StrictBool | None, BeforeValidator(_boolean)]
-DateTimeText = Annotated[StrictStr | None, BeforeValidator(_datetime_text)]
 
 
-def _field(schema: Schema, name: str) -> tuple[Any, Any]:
+def _number(bounds: Bounds | None) -> Any:
+    if bounds is None:
+        return Number
+    low, high = bounds
+    return Annotated[Finite, annotated_types.Interval(ge=low, le=high)] | None
+
+
+def _text(max_length: int | None) -> Any:
+    return (
+        StrictStr
+        if max_length is None
+        else Annotated[str, StringConstraints(strict=True, max_length=max_length)]
+    )
+
+
+def _field(schema: Schema, name: str, limits: RequestLimits) -> tuple[Any, Any]:
     info = schema.columns[name]
     if info.role == "numeric":
-        return Number, Field(..., alias=name, description=f"number ({info.dtype}); null: missing")
+        bounds = limits.bounds.get(name)
+        within = "" if bounds is None else f", within {_shown(bounds)}"
+        return _number(bounds), Field(
+            ..., alias=name, description=f"number ({info.dtype}){within}; null: missing"
+        )
     if info.role == "boolean":
         return Boolean, Field(
             ..., alias=name, description="true or false (or yes/no, 1/0); null: missing"
         )
     if info.role == "datetime":
-        return DateTimeText, Field(
+        longest = limits.max_string
+
+        def datetime_text(value: Any) -> Any:
+            return _datetime_text(value, longest)
+
+        return Annotated[StrictStr | None, BeforeValidator(datetime_text)], Field(
             ..., alias=name, description="date/time as ISO text; null: missing"
         )
     categories = [str(c) for c in (info.categories or [])][:MAX_SHOWN_CATEGORIES]
     shown = ", ".join(categories)
-    return Category, Field(
+    category = _text(limits.max_string) | StrictInt | Finite | None
+    return category, Field(
         ...,
         alias=name,
         description=(
@@ -128,10 +203,18 @@ def _example(schema: Schema) -> dict[str, Any]:
 class RequestModels:
     """The pydantic models of one schema: features, /predict, /predict/batch, /feedback."""
 
-    def __init__(self, schema: Schema, max_batch_rows: int) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        max_batch_rows: int,
+        classes: list[Any] | None = None,
+        limits: RequestLimits | None = None,
+    ) -> None:
         self.schema = schema
         self.columns = list(schema.input_columns)
-        fields = {f"c{i}": _field(schema, name) for i, name in enumerate(self.columns)}
+        limits = limits or RequestLimits()
+        self.limits = limits
+        fields = {f"c{i}": _field(schema, name, limits) for i, name in enumerate(self.columns)}
         example = _example(schema)
         self.features: type[BaseModel] = create_model(  # type: ignore[call-overload]
             "Features",
@@ -201,7 +284,10 @@ class RequestModels:
             )
 
         self.batch = BatchRequest
-        self._fast_batch, self._fast_predict = _fast_decoders(schema, self.columns, max_batch_rows)
+        self.feedback = feedback_model(None if schema.task != "classification" else classes)
+        self._fast_batch, self._fast_predict = _fast_decoders(
+            schema, self.columns, max_batch_rows, limits
+        )
 
     def fast_values(self, body: bytes) -> list[list[Any]] | None:
         """A /predict/batch body as one list of values per column, parsed and checked in one
@@ -230,35 +316,59 @@ class RequestModels:
 
 
 _FINITE = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
-_FAST_TYPES: dict[str, Any] = {
-    "numeric": _FINITE | None,  # ints are read as floats; not NaN, inf, bools or strings
-    "boolean": bool | None,
-    "categorical": str | int | _FINITE | None,
-}
+_FAST_ROLES = ("numeric", "boolean", "categorical")
+
+
+def _fast_type(role: str, bounds: Bounds | None, max_string: int | None) -> Any:
+    """msgspec's type of a column in the strict form: what the pydantic field accepts as is
+    (ints are read as floats; not NaN, inf, bools or strings for a number)."""
+    if role == "numeric":
+        if bounds is None:
+            return _FINITE | None
+        low, high = bounds
+        return (
+            Annotated[
+                float,
+                msgspec.Meta(
+                    ge=-sys.float_info.max if low is None else low,
+                    le=sys.float_info.max if high is None else high,
+                ),
+            ]
+            | None
+        )
+    if role == "boolean":
+        return bool | None
+    text = str if max_string is None else Annotated[str, msgspec.Meta(max_length=max_string)]
+    return text | int | _FINITE | None
 
 
 def _decoded(decoder: msgspec.json.Decoder[Any] | None, body: bytes) -> Any:
-    """``body`` decoded, or None where there is no decoder or the body is not its form."""
+    """``body`` decoded, or None where there is no decoder or the body is not its form (the
+    pydantic models then say what is wrong: invalid UTF-8 included, which msgspec reports as
+    a UnicodeDecodeError)."""
     if decoder is None:
         return None
     try:
         return decoder.decode(body)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, UnicodeDecodeError):
         return None
 
 
 def _fast_decoders(
-    schema: Schema, columns: list[str], max_rows: int
+    schema: Schema, columns: list[str], max_rows: int, limits: RequestLimits
 ) -> tuple[msgspec.json.Decoder[Any] | None, msgspec.json.Decoder[Any] | None]:
     """msgspec's decoders of the strict forms of /predict/batch and /predict bodies (every
     row an object with every column, values of the column's JSON type), which accept no body
     that the pydantic models refuse and read each the same; None where a column needs pydantic
     (date/time text is parsed there) or /predict takes an image."""
-    if not columns or any(schema.columns[c].role not in _FAST_TYPES for c in columns):
+    if not columns or any(schema.columns[c].role not in _FAST_ROLES for c in columns):
         return None, None
+    types = [
+        _fast_type(schema.columns[c].role, limits.bounds.get(c), limits.max_string) for c in columns
+    ]
     row = msgspec.defstruct(
         "Row",
-        [(f"c{i}", _FAST_TYPES[schema.columns[c].role]) for i, c in enumerate(columns)],
+        [(f"c{i}", kind) for i, kind in enumerate(types)],
         rename={f"c{i}": c for i, c in enumerate(columns)},
         forbid_unknown_fields=True,
         gc=False,  # only scalars: no reference cycle, and a 1,000-row batch adds no GC work
@@ -303,13 +413,54 @@ class FeedbackRequest(BaseModel):
     """A true label (classification) or value (regression) for an answered prediction."""
 
     model_config = ConfigDict(extra="forbid")
-    request_id: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    label: Annotated[StrictStr | StrictInt | StrictFloat | StrictBool, BeforeValidator(_finite)]
+    request_id: str = Field(
+        ...,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="the request_id /predict answered ('<id>-<row>' for a row of a batch)",
+    )
+    label: Annotated[
+        Annotated[str, StringConstraints(strict=True, max_length=1000)]
+        | StrictInt
+        | StrictFloat
+        | StrictBool,
+        BeforeValidator(_finite),
+    ]
 
     @field_validator("request_id")
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip()
+
+
+def feedback_model(classes: list[Any] | None) -> type[FeedbackRequest]:
+    """/feedback's body for a model: for classification the label is one of ``classes`` (as
+    the model has them, or as text: '1' for the class 1), for regression a finite number."""
+    label: Any
+    if classes is None:
+        label = (Finite, Field(..., description="the true value (a number)"))
+    else:
+        by_key = {category_str(c): c for c in classes}
+        listed = ", ".join(str(c) for c in classes[:20])
+
+        def to_class(value: Any) -> Any:
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                key = category_str(value)
+                if key in by_key:
+                    return by_key[key]
+            raise ValueError(f"not a class of the model; classes: {listed}")
+
+        Label = Annotated[
+            Any,
+            BeforeValidator(to_class),
+            WithJsonSchema({"enum": list(classes), "description": "a class of the model"}),
+        ]
+        label = (Label, Field(..., description="the true class"))
+    model: type[FeedbackRequest] = create_model(  # type: ignore[call-overload]
+        "FeedbackRequest", __base__=FeedbackRequest, label=label
+    )
+    return model
 
 
 def frame_from_columns(columns: dict[str, Any], order: list[str]) -> pd.DataFrame:
@@ -319,7 +470,12 @@ def frame_from_columns(columns: dict[str, Any], order: list[str]) -> pd.DataFram
 
 
 __all__ = [
+    "Bounds",
     "FeedbackRequest",
+    "RequestLimits",
     "RequestModels",
+    "bounds_message",
+    "feedback_model",
     "frame_from_columns",
+    "input_bounds",
 ]
