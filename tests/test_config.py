@@ -65,3 +65,37 @@ def test_logged_config_has_no_passwords() -> None:
     text = "data:\n  url: postgresql://ann:s3cret@db.example/prod\n  query: SELECT 1\n"
     redacted = redact_secrets(text, config)
     assert "s3cret" not in redacted and "ann" in redacted and "db.example/prod" in redacted
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_its_lines(tmp_path: Path) -> None:
+    path = tmp_path / "shipml.yaml"
+    path.write_text(
+        "name: churn\ndata: {path: d.csv}\ntarget: y\n"
+        "serving:\n  max_body_bytes: 2048\n  log_predictions: true\n  max_body_bytes: 4096\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "key 'max_body_bytes' is given twice: at line 5 and line 7" in info.value.message
+    # A merge (<<) brings keys in that the mapping may override, as YAML has it.
+    path.write_text(
+        "name: churn\ndata: {path: d.csv}\ntarget: y\ntask: classification\n"
+        "monitoring:\n  <<: {window: 50}\n  window: 60\n"
+    )
+    assert load_config(path).monitoring.window == 60
+
+
+def test_serving_guards_have_defaults_and_refuse_nonsense() -> None:
+    serving = parse_config(dict(BASE), Path("shipml.yaml")).serving
+    assert serving.max_string_length == 1000
+    assert serving.input_bounds.enabled and serving.input_bounds.margin == 1.0
+    assert serving.rate_limits.predict is None
+    feedback = serving.rate_limits.feedback
+    assert feedback is not None and (feedback.per_second, feedback.bucket) == (50.0, 200)
+    assert serving.log_retention_days == 30 and serving.log_max_bytes == 1024**3
+    assert serving.predict_token is None and serving.feedback_token is None
+    for field in ("max_string_length", "input_bounds", "log_rotate_bytes", "rate_limits"):
+        assert type(serving).model_fields[field].description
+    bounds = {"input_bounds": {"columns": {"amount": {"min": 5, "max": 1}}}}
+    assert "min (5.0) is above max (1.0)" in _err({**BASE, "serving": bounds})
+    limits = {"rate_limits": {"feedback": {"per_second": 0}}}
+    assert "serving.rate_limits.feedback.per_second" in _err({**BASE, "serving": limits})

@@ -294,7 +294,11 @@ class ServingConfig(_Strict):
         min_length=8,
         description="bearer token /feedback requires ($SHIPML_FEEDBACK_TOKEN wins); unset: open",
     )
-    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
+    rate_limits: RateLimitsConfig = Field(
+        default_factory=RateLimitsConfig,
+        description="requests a second per client address, per route: {predict: {per_second, "
+        "burst}, feedback: ...}; null: no limit",
+    )
     max_string_length: int = Field(
         default=1000,
         ge=1,
@@ -302,7 +306,11 @@ class ServingConfig(_Strict):
         description="the longest text a field of a request may hold (a category, a date, a "
         "label), in characters; longer is a 422 naming the field",
     )
-    input_bounds: InputBoundsConfig = Field(default_factory=InputBoundsConfig)
+    input_bounds: InputBoundsConfig = Field(
+        default_factory=InputBoundsConfig,
+        description="the numbers accepted per numeric column: the training range widened by "
+        "margin, or per-column bounds; enabled: false accepts any finite number",
+    )
     log_rotate_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=4096,
