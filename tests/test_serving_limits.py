@@ -92,6 +92,7 @@ def test_a_number_far_outside_the_training_range_is_422_naming_the_range(
         assert r.status_code == 200, r.text
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # 1e300, bounds off
 def test_bounds_are_configurable_per_column_or_off(config: Path, row: dict) -> None:
     project = Project.load(config)
     bounds = project.config.serving.input_bounds
@@ -227,5 +228,12 @@ def test_openapi_documents_every_answer_and_the_labels(client: TestClient) -> No
     assert {"413", "415", "422", "429", "503"} <= set(feedback)  # feedback is limited by default
     metrics = paths["/metrics"]["get"]["responses"]["200"]["content"]
     assert list(metrics) == [client.get("/metrics").headers["content-type"]]
+    assert {"401", "403"} <= set(paths["/admin/reload"]["post"]["responses"])
+    assert "503" in paths["/ready"]["get"]["responses"]
+    answer = paths["/predict"]["post"]["responses"]["200"]
+    assert "request_id" in answer["content"]["application/json"]["schema"]["required"]
+    link = answer["links"]["FeedbackForThisPrediction"]
+    assert link["operationId"] == paths["/feedback"]["post"]["operationId"]
+    assert link["requestBody"] == {"request_id": "$response.body#/request_id"}
     label = document["components"]["schemas"]["FeedbackRequest"]["properties"]["label"]
     assert label["enum"] == ["no", "yes"]

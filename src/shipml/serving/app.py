@@ -459,7 +459,7 @@ def _training_ranges(project: Project, version: int) -> dict[str, tuple[float, f
     (fetched once into .shipml/profiles/); none for a version trained without one."""
     try:
         profile = load_profile(project, version)[1]
-    except ShipmlError as err:
+    except Exception as err:  # the model serves all the same (per-column bounds still hold)
         log.warning("version %s: numbers are not bounded by the training range: %s", version, err)
         return {}
     ranges = {}
@@ -991,6 +991,9 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
                 "/predict": predict_answers,
                 "/predict/batch": predict_answers,
                 "/feedback": answers(feedback_token, feedback_rate),
+                "/admin/reload": ("401", "403"),
+                "/ready": ("503",),
+                "/model": ("503",),
             },
             metrics.content_type,
         )

@@ -138,7 +138,8 @@ class Retention:
             with _unlocked(path, os.O_RDONLY) as fd:
                 if fd is None:
                     continue
-                path.unlink()
+                with contextlib.suppress(FileNotFoundError):  # another worker's round took it
+                    path.unlink()
             total -= size
             removed.append(path)
         for day in {path.parent for path in removed}:

@@ -21,15 +21,16 @@ ERROR_SCHEMA = {
     "required": ["detail"],
 }
 ANSWERS = {
-    "401": "The route's bearer token is missing or wrong (serving.predict_token / "
-    "serving.feedback_token)",
+    "401": "The route's bearer token is missing or wrong (serving.predict_token, "
+    "serving.feedback_token, serving.admin_token)",
+    "403": "Admin routes are off: no admin token is set",
     "413": "The body is over serving.max_body_bytes",
     "415": "The body is not sent as 'Content-Type: application/json'",
     "422": "A field is missing, unknown, of the wrong type, too long or out of range (named in "
     "detail)",
     "429": "Too many requests from this client address (serving.rate_limits); see Retry-After",
-    "503": "No model is loaded yet, or the prediction log cannot be written (nothing was "
-    "answered); see Retry-After",
+    "503": "No model is loaded yet, or the prediction log cannot be written (a prediction is "
+    "then not answered)",
 }
 
 
@@ -40,7 +41,7 @@ def document(
     metrics_type: str,
 ) -> dict[str, Any]:
     """The document: ``bodies`` the request body of each POST path, ``answers`` the error
-    statuses each may give, ``metrics_type`` the content type of /metrics."""
+    statuses each path may give, ``metrics_type`` the content type of /metrics."""
     built = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
@@ -60,9 +61,12 @@ def document(
                 }
             },
         }
-        responses = operation.setdefault("responses", {})
-        for status in answers.get(path, ()):
-            responses[status] = {"description": ANSWERS[status], "content": error}
+    for path, statuses in answers.items():
+        for operation in built["paths"][path].values():
+            responses = operation.setdefault("responses", {})
+            for status in statuses:
+                responses[status] = {"description": ANSWERS[status], "content": error}
+    _answers_and_links(built)
     metrics = built["paths"].get("/metrics", {}).get("get")
     if metrics is not None:
         metrics["responses"]["200"] = {
@@ -70,3 +74,53 @@ def document(
             "content": {metrics_type: {"schema": {"type": "string"}}},
         }
     return built
+
+
+_NUMBERS = {"type": "object", "additionalProperties": {"type": "number"}}
+PREDICT_ANSWER = {
+    "type": "object",
+    "properties": {
+        "prediction": {"description": "the predicted class or value"},
+        "probability": {"type": "number", "description": "of the predicted class"},
+        "probabilities": {**_NUMBERS, "description": "class -> probability"},
+        "model_version": {"type": "string"},
+        "request_id": {"type": "string", "description": "for /feedback"},
+    },
+    "required": ["prediction", "model_version", "request_id"],
+}
+BATCH_ANSWER = {
+    "type": "object",
+    "properties": {
+        "predictions": {"type": "array", "items": {}},
+        "probability": {"type": "array", "items": {"type": "number"}},
+        "probabilities": {"type": "array", "items": _NUMBERS},
+        "model_version": {"type": "string"},
+        "request_ids": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["predictions", "model_version", "request_ids"],
+}
+
+
+def _answers_and_links(built: dict[str, Any]) -> None:
+    """The answers of /predict and /predict/batch, each linked to /feedback by its request id
+    (an OpenAPI link: the label of an answered prediction goes there)."""
+    paths = built["paths"]
+    feedback = paths.get("/feedback", {}).get("post", {}).get("operationId")
+    for path, schema, expression in (
+        ("/predict", PREDICT_ANSWER, "$response.body#/request_id"),
+        ("/predict/batch", BATCH_ANSWER, "$response.body#/request_ids/0"),
+    ):
+        operation = paths.get(path, {}).get("post")
+        if operation is None:
+            continue
+        answer = operation.setdefault("responses", {}).setdefault("200", {})
+        answer["description"] = "The prediction, with the request id to send its label with"
+        answer["content"] = {"application/json": {"schema": schema}}
+        if feedback is not None:
+            answer["links"] = {
+                "FeedbackForThisPrediction": {
+                    "operationId": feedback,
+                    "requestBody": {"request_id": expression},
+                    "description": "The true label of this prediction, later",
+                }
+            }

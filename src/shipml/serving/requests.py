@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import annotated_types
 import msgspec
 import pandas as pd
 from msgspec.structs import astuple
@@ -139,7 +138,7 @@ def _number(bounds: Bounds | None) -> Any:
     if bounds is None:
         return Number
     low, high = bounds
-    return Annotated[Finite, annotated_types.Interval(ge=low, le=high)] | None
+    return Annotated[Finite, Field(ge=low, le=high)] | None
 
 
 def _text(max_length: int | None) -> Any:
