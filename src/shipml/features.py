@@ -21,22 +21,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from shipml.config import FeaturesConfig
 from shipml.data.schema import Schema
-from shipml.errors import ConfigError, DataError, RegistryError
+from shipml.errors import ConfigError, DataError
 from shipml.expressions import check_columns, evaluate_numeric, referenced_columns
 
-DATETIME_PARTS: tuple[str, ...] = ("year", "month", "day", "dayofweek", "hour")
+# The model file's trusted types, where the pipelines built here have always looked for them.
+from shipml.models.trusted import trusted_types_for as trusted_types_for
 
-SKOPS_TRUSTED_PREFIXES: tuple[str, ...] = (
-    "sklearn.",
-    "lightgbm.",
-    "catboost.core.CatBoostClassifier",
-    "catboost.core.CatBoostRegressor",
-    "numpy.",
-    "scipy.",
-    "shipml.",
-    "collections.OrderedDict",
-    "builtins.",
-)
+DATETIME_PARTS: tuple[str, ...] = ("year", "month", "day", "dayofweek", "hour")
 
 
 def _frame(X: Any, who: str) -> pd.DataFrame:
@@ -254,34 +245,3 @@ def build_preprocessor(schema: Schema, features: FeaturesConfig) -> Pipeline:
 def build_model_pipeline(schema: Schema, features: FeaturesConfig, estimator: Any) -> Pipeline:
     """The preprocessor followed by ``estimator``: what gets trained, registered and served."""
     return Pipeline([("preprocess", build_preprocessor(schema, features)), ("model", estimator)])
-
-
-# Within "builtins." only plain data types are trusted: a builtin *function* (eval, exec, open,
-# getattr, __import__, ...) stored as, say, a FunctionTransformer's func would run at predict time.
-_SAFE_BUILTINS = frozenset(
-    {"bool", "bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list"}
-    | {"NoneType", "range", "set", "slice", "str", "tuple"}
-)
-
-
-def _trusted(type_name: str) -> bool:
-    if type_name.startswith("builtins."):
-        return type_name.removeprefix("builtins.") in _SAFE_BUILTINS
-    return any(
-        type_name.startswith(prefix) if prefix.endswith(".") else type_name == prefix
-        for prefix in SKOPS_TRUSTED_PREFIXES
-    )
-
-
-def trusted_types_for(untrusted: list[str]) -> list[str]:
-    """``untrusted`` unchanged if every type is from a trusted package, else RegistryError.
-
-    Use as ``skops.io.loads(data, trusted=trusted_types_for(get_untrusted_types(data=data)))``.
-    """
-    for type_name in untrusted:
-        if not _trusted(type_name):
-            raise RegistryError(
-                f"the model file holds an untrusted type '{type_name}'",
-                "only load models trained by shipml; retrain the model if this file is yours",
-            )
-    return list(untrusted)

@@ -8,6 +8,7 @@ checking the file's sha256 against the one recorded at registration.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -34,7 +36,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from shipml.data.schema import Schema
-from shipml.errors import RegistryError
+from shipml.errors import RegistryError, ShipmlError
+from shipml.models.trusted import trusted_types_for
 
 for _name in ("mlflow", "alembic", "alembic.runtime.migration"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -121,20 +124,53 @@ def open_store(root: Path, name: str, tracking_uri: str | None = None) -> Store:
     uri = tracking_uri or default_tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    location = None if tracking_uri else (root / ".shipml" / "artifacts").as_uri()
     try:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            location = None if tracking_uri else (root / ".shipml" / "artifacts").as_uri()
-            experiment_id = client.create_experiment(name, artifact_location=location)
-        else:
-            experiment_id = experiment.experiment_id
-    except MlflowException as err:
+        with _creation_lock(uri):
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            experiment_id = _experiment_id(client, name, location)
+    except Exception as err:  # MLflow's, SQLAlchemy's or the database driver's
+        detail = err.message if isinstance(err, MlflowException) else str(err)
+        hint = "check tracking_uri in shipml.yaml"
+        if "_alembic_tmp_" in detail:
+            hint = (
+                "a process killed while it created the store left it half-migrated: move "
+                f"{uri.removeprefix('sqlite:///')} aside and run the command again"
+            )
         raise RegistryError(
-            f"cannot open the MLflow store at {uri}: {err.message.splitlines()[0]}",
-            "check tracking_uri in shipml.yaml",
+            f"cannot open the MLflow store at {uri}: {detail.splitlines()[0]}", hint
         ) from None
     return Store(root, uri, experiment_id, name, client)
+
+
+@contextlib.contextmanager
+def _creation_lock(uri: str) -> Iterator[None]:
+    """Held while a process opens a local SQLite store. MLflow creates and migrates its tables
+    on first use without a lock of its own: two processes doing it at once leave a store whose
+    migration is half done (every later command fails), or crash one of them."""
+    if not uri.startswith("sqlite:///"):
+        yield  # a server or a database of its own creates its tables once, under its own locks
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with database.with_name(database.name + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
+
+
+def _experiment_id(client: MlflowClient, name: str, location: str | None) -> str:
+    """The id of experiment ``name``, created on first use. Another process (of another machine,
+    on a tracking server) may create it between the look-up and the creation: then it is read."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)
 
 
 def all_package_versions() -> dict[str, str]:
@@ -240,27 +276,33 @@ class RunRecorder:
     def log_model(
         self, pipeline: Any, schema: Schema, input_example: Any, meta: dict[str, Any]
     ) -> tuple[str, str]:
-        """Log the fitted pipeline with skops, signature and input example; (model uri, sha256)."""
+        """Log the fitted pipeline with skops, signature and input example; (model uri, sha256).
+        The run stays RUNNING: it is finished (``finish``) once everything else is written."""
         from mlflow.models import infer_signature
-
-        from shipml.features import trusted_types_for
 
         sio = serializer()
         trusted = trusted_types_for(sio.get_untrusted_types(data=sio.dumps(pipeline)))
         signature = infer_signature(input_example, pipeline.predict(input_example))
         requirements = [f"{n}=={v}" for n, v in package_versions().items()]
         _use_store(self.store)
-        with mlflow.start_run(run_id=self.run_id):
-            info = mlflow.sklearn.log_model(
-                pipeline,
-                name="model",
-                serialization_format="skops",
-                skops_trusted_types=trusted,
-                signature=signature,
-                input_example=input_example,
-                pip_requirements=requirements,
-                metadata={"shipml": {**meta, "schema": schema.to_dict()}},
-            )
+        # The run is named rather than started (`with mlflow.start_run(...)` ends it on leaving),
+        # and the logged model is created in the project's experiment, where an active run would
+        # have put it (MLflow's default experiment otherwise).
+        logged = self.store.client.create_logged_model(
+            self.store.experiment_id, name="model", source_run_id=self.run_id
+        )
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            serialization_format="skops",
+            skops_trusted_types=trusted,
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=requirements,
+            metadata={"shipml": {**meta, "schema": schema.to_dict()}},
+            run_id=self.run_id,
+            model_id=logged.model_id,
+        )
         scratch = tempfile.mkdtemp(prefix="shipml-")
         try:
             local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=scratch))
@@ -601,6 +643,12 @@ def load(store: Store, ref: str | int = CHAMPION, native: bool = True) -> Loaded
     version = resolve(store, ref)
     mv = _get_version(store, version)
     expected_sha = (mv.tags or {}).get(_SHA_TAG)
+    if not expected_sha:
+        raise RegistryError(
+            f"version {version} has no recorded model checksum (tag {_SHA_TAG}): shipml loads "
+            "only a model file it can verify",
+            "retrain with `shipml train` (it records the checksum), or restore the tag",
+        )
     cache = store.shipml_dir / "cache" / store.model_name / str(version)
     if not (cache / "MLmodel").is_file():
         _fill_cache(store, version, cache)
@@ -611,25 +659,36 @@ def load(store: Store, ref: str | int = CHAMPION, native: bool = True) -> Loaded
             f"version {version} is not saved in the skops format; shipml will not unpickle it",
             "retrain it with `shipml train`",
         )
-    model_file = cache / flavor["pickled_model"]
-    actual_sha = _sha256(model_file)
-    if expected_sha and actual_sha != expected_sha:
+    data = (cache / flavor["pickled_model"]).read_bytes()  # read once: checked, then loaded
+    actual_sha = hashlib.sha256(data).hexdigest()
+    if actual_sha != expected_sha:
         shutil.rmtree(cache, ignore_errors=True)
         raise RegistryError(
             f"version {version}: model file checksum does not match the registry "
             f"({actual_sha[:12]} != {expected_sha[:12]})",
             "the artifact was changed after registration; retrain or restore it",
         )
-    pipeline = None
-    if native:
-        from shipml.features import trusted_types_for
-
-        sio = serializer()
-        trusted = trusted_types_for(sio.get_untrusted_types(file=str(model_file)))
-        pipeline = sio.load(str(model_file), trusted=trusted)
+    pipeline = _unpack(version, data) if native else None
     meta = dict((mlmodel.get("metadata") or {}).get("shipml", {}))
     schema = Schema.from_dict(meta.pop("schema"))
     return LoadedModel(version=version, pipeline=pipeline, schema=schema, metadata=meta)
+
+
+def _unpack(version: int, data: bytes) -> Any:
+    """The pipeline in a verified skops file, built only if every type in it is one that
+    shipml's model families save (checked before anything in the file is imported or run)."""
+    sio = serializer()
+    try:
+        trusted = trusted_types_for(sio.get_untrusted_types(data=data))
+        return sio.loads(data, trusted=trusted)
+    except ShipmlError as err:
+        raise type(err)(f"version {version}: {err.message}", err.hint) from None
+    except Exception as err:  # a file skops cannot read: crafted, or from another skops
+        detail = (str(err).splitlines() or [""])[0][:200]
+        raise RegistryError(
+            f"version {version}: the model file cannot be loaded ({type(err).__name__}: {detail})",
+            "retrain with `shipml train` in this environment",
+        ) from None
 
 
 FAST_ARTIFACT = "fastpath/model.fast"
@@ -639,8 +698,15 @@ FAST_SHA_TAG = "shipml.fast_sha256"
 def load_fast(store: Store, version: int) -> bytes | None:
     """The verified fast-inference copy of ``version`` (see shipml.models.fastpath), checked
     against the sha256 recorded at registration; None when the version has none."""
-    expected = (_get_version(store, version).tags or {}).get(FAST_SHA_TAG)
+    tags = _get_version(store, version).tags or {}
+    expected = tags.get(FAST_SHA_TAG)
     if not expected:
+        if tags.get("shipml.inference") == "fast":
+            raise RegistryError(
+                f"version {version}: its fast-inference copy has no recorded checksum "
+                f"(tag {FAST_SHA_TAG})",
+                "the native model serves; retrain to make a new copy",
+            )
         return None
     folder = store.shipml_dir / "cache" / store.model_name / f"{version}-fast"
     path = folder / Path(FAST_ARTIFACT).name

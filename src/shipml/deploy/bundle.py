@@ -26,6 +26,7 @@ import yaml
 from shipml import __version__, registry
 from shipml.deploy.lock import canonical, environment
 from shipml.errors import ConfigError, RegistryError
+from shipml.models.trusted import trusted_types_for
 
 if TYPE_CHECKING:
     from shipml.project import Project
@@ -33,10 +34,8 @@ if TYPE_CHECKING:
 BUNDLE_FILE = "bundle.json"  # marks a .shipml folder as an export's, safe to replace
 # Tracking URIs of a server the container can reach: the image pulls the champion at start.
 SERVER_SCHEMES = {"http", "https", "postgresql", "postgres", "mysql", "mssql", "databricks"}
-# The model file's types that need a distribution beyond shipml's own requirements.
+# The model file's (trusted) types that need a distribution beyond shipml's own requirements.
 _MODULE_NEEDS = {
-    "torch": ("torch",),
-    "keras": ("keras", "torch"),
     "shipml.models.torch_": ("torch",),
     "shipml.models.keras_": ("keras", "torch"),  # Keras 3 on the torch backend
 }
@@ -104,13 +103,13 @@ def _profile_file(root: Path, name: str, version: int) -> Path:
 
 def _needs(model_file: Path) -> tuple[str, ...]:
     """Distributions the model file's types import beyond shipml's requirements (torch for a
-    network), read from the skops file without loading it."""
+    network), read from the skops file without loading it; RegistryError for a type shipml
+    does not trust (an image must not be built around a file that cannot be loaded)."""
     sio = registry.serializer()
     needs: list[str] = []
-    for type_name in sio.get_untrusted_types(file=str(model_file)):
+    for type_name in trusted_types_for(sio.get_untrusted_types(file=str(model_file))):
         for prefix, dists in _MODULE_NEEDS.items():
-            start = prefix if prefix.endswith("_") else f"{prefix}."
-            if type_name == prefix or type_name.startswith(start):
+            if type_name.startswith(prefix):
                 needs += [d for d in dists if d not in needs]
     return tuple(needs)
 
