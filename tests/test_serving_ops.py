@@ -126,3 +126,20 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path, project: Path) -> No
         assert counts is not None and counts[1] == counts[2] and int(counts[1]) > 300, output
         assert "Tested: 8" in output  # every operation, /predict and /admin/reload included
         assert server.get("/ready").status_code == 200
+
+
+def test_feedback_is_taken_for_ids_another_server_process_answered(project: Path) -> None:
+    """Two server processes on one project (as two workers, or a server restarted): a
+    prediction answered by one takes its label at the other, since the ids are looked up in
+    the log files, not in one process's memory; an id never answered does not."""
+    rows = _rows(project, 10)
+    with Server(project) as one, Server(project) as other:
+        for answering, taking in ((one, other), (other, one)):
+            single = answering.post("/predict", {"features": rows[0]}).json()["request_id"]
+            batch = answering.post("/predict/batch", {"instances": rows[:3]}).json()
+            for request_id in (single, batch["request_ids"][2]):
+                r = taking.post("/feedback", {"request_id": request_id, "label": "yes"})
+                assert r.status_code == 200, r.text
+            never = f"{single[:20]}{'f' * 12}"
+            r = taking.post("/feedback", {"request_id": never, "label": "yes"})
+            assert r.status_code == 422 and "request_id" in r.text, r.text
