@@ -197,21 +197,21 @@ CRAFTED: list[tuple[str, Callable[[Path], Any], str]] = [
 DATA_SOURCE = re.escape("untrusted type 'numpy.lib.npyio.DataSource'")
 
 
-def _victim(folder: Path) -> Path:
+def victim_files(folder: Path) -> Path:
     (folder / "folder").mkdir(parents=True)
     (folder / "folder" / "keep.txt").write_text("keep me")
     (folder / "file").write_text("keep me too")
     return folder
 
 
-def _untouched(victim: Path) -> bool:
+def untouched(victim: Path) -> bool:
     gc.collect()  # a DataSource deletes its folder when it is collected
     return (victim / "folder" / "keep.txt").is_file() and (
         victim / "file"
     ).read_text() == "keep me too"
 
 
-def _crafted_file(make: Callable[[Path], Any], victim: Path) -> bytes:
+def crafted_file(make: Callable[[Path], Any], victim: Path) -> bytes:
     step = make(victim)
     try:
         return bytes(registry.serializer().dumps(Pipeline([("step", step)])))
@@ -232,8 +232,8 @@ def test_crafted_model_files_are_refused_by_the_type_they_name(
     store = Project.load(project).store
     failures = []
     for what, make, type_name in CRAFTED:
-        victim = _victim(tmp_path / what.replace(" ", "-"))
-        version = register_file(project, _crafted_file(make, victim))
+        victim = victim_files(tmp_path / what.replace(" ", "-"))
+        version = register_file(project, crafted_file(make, victim))
         result = run_cli(
             "predict", project.parent / "new.csv", "--out", tmp_path / "out.csv",
             "--version", version, "-c", project,
@@ -253,7 +253,7 @@ def test_crafted_model_files_are_refused_by_the_type_they_name(
             and f"untrusted type '{type_name}'" in refused
         ):
             failures.append(f"{what}: exit {result.exit_code}, {result.all.strip()[-300:]!r}")
-        if not _untouched(victim):
+        if not untouched(victim):
             failures.append(f"{what}: the victim files were changed")
     assert not failures, "\n".join(failures)
 
@@ -262,8 +262,8 @@ def test_a_crafted_model_file_deletes_nothing_from_a_real_shipml_predict(
     project: Path, tmp_path: Path
 ) -> None:
     _, make, type_name = CRAFTED[0]
-    victim = _victim(tmp_path / "victim")
-    version = register_file(project, _crafted_file(make, victim))
+    victim = victim_files(tmp_path / "victim")
+    version = register_file(project, crafted_file(make, victim))
     done = subprocess.run(
         [SHIPML, "predict", str(project.parent / "new.csv"), "--out", str(tmp_path / "out.csv"),
          "--version", str(version), "-c", str(project)],
@@ -273,16 +273,16 @@ def test_a_crafted_model_file_deletes_nothing_from_a_real_shipml_predict(
     assert "Traceback" not in done.stderr + done.stdout
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"untrusted type '{type_name}'" in errors[0], done.stderr
-    assert _untouched(victim)
+    assert untouched(victim)
     assert not (tmp_path / "out.csv").exists()
 
 
 def test_an_export_reads_the_types_of_a_crafted_file_and_refuses_it(
     project: Path, tmp_path: Path
 ) -> None:
-    victim = _victim(tmp_path / "victim")
+    victim = victim_files(tmp_path / "victim")
     crafted = tmp_path / "model.skops"
-    crafted.write_bytes(_crafted_file(CRAFTED[0][1], victim))
+    crafted.write_bytes(crafted_file(CRAFTED[0][1], victim))
     with pytest.raises(RegistryError, match=DATA_SOURCE):
         bundle._needs(crafted)
     store = Project.load(project).store
@@ -293,7 +293,7 @@ def test_an_export_reads_the_types_of_a_crafted_file_and_refuses_it(
             bundle.champion(Project.load(project))
     finally:
         registry.promote(store, 1)
-    assert _untouched(victim)
+    assert untouched(victim)
 
 
 def test_a_file_skops_cannot_read_is_a_clear_error(project: Path, tmp_path: Path) -> None:
