@@ -5,6 +5,10 @@ its type, and for categorical columns the categories seen in training. Validatio
 where a wrong value would silently predict nonsense (a string for a number, NaN or inf, a missing
 or unknown field: 422 naming the field) and lenient where the model copes (an unseen category is
 scored as the encoder scores unseen values; null is a missing value, imputed as in training).
+Beyond types (``RequestLimits``): text is at most serving.max_string_length characters, and a
+number of a numeric column lies within the column's bounds (by default the training range
+widened by serving.input_bounds.margin), checked in the decoders themselves (msgspec's and
+pydantic-core's constraints, no Python call per value).
 """
 
 from __future__ import annotations
