@@ -153,9 +153,18 @@ def _creation_lock(uri: str) -> Iterator[None]:
         return
     database = Path(uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
-    with database.with_name(database.name + ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+    try:  # read-only is enough to lock, and works where an image's store is read-only
+        fd = os.open(database.with_name(database.name + ".lock"), os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        if not database.is_file():
+            raise
+        yield  # a store in a read-only folder: no process can create or migrate it
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file closes, or the process dies
         yield
+    finally:
+        os.close(fd)
 
 
 def _experiment_id(client: MlflowClient, name: str, location: str | None) -> str:
