@@ -87,7 +87,7 @@ def test_a_key_given_twice_is_refused_naming_it_and_its_lines(tmp_path: Path) ->
 def test_serving_guards_have_defaults_and_refuse_nonsense() -> None:
     serving = parse_config(dict(BASE), Path("shipml.yaml")).serving
     assert serving.max_string_length == 1000
-    assert serving.input_bounds.enabled and serving.input_bounds.margin == 1.0
+    assert serving.input_bounds.enabled and serving.input_bounds.margin == 10.0
     assert serving.rate_limits.predict is None
     feedback = serving.rate_limits.feedback
     assert feedback is not None and (feedback.per_second, feedback.bucket) == (50.0, 200)

@@ -258,12 +258,13 @@ class InputBoundsConfig(_Strict):
 
     enabled: bool = Field(default=True, description="false: any finite number is accepted")
     margin: float = Field(
-        default=1.0,
+        default=10.0,
         ge=0.0,
         le=1e6,
         description="how far past the training range a number may be, in training ranges "
-        "(max - min; for a constant column, its magnitude or 1): 1.0 accepts "
-        "[min - range, max + range]",
+        "(max - min; for a constant column, its magnitude or 1): 10 accepts "
+        "[min - 10 * range, max + 10 * range], wide enough for drift to reach monitoring, "
+        "narrow enough to keep absurd numbers out",
     )
     columns: dict[str, ColumnBounds] = Field(
         default_factory=dict,
