@@ -118,6 +118,7 @@ def _saved_types(task: str, family: Family, params: dict[str, Any], stacked: boo
     return list(sio.get_untrusted_types(data=sio.dumps(model)))
 
 
+@pytest.mark.slow
 def test_the_trusted_types_are_exactly_those_the_families_save() -> None:
     saved_by: dict[str, set[str]] = {}
     for task, families in CATALOG.items():

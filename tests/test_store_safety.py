@@ -158,6 +158,7 @@ def test_logging_the_model_leaves_the_run_running(tmp_path: Path) -> None:
     assert store.client.get_run(recorder.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_training_killed_once_its_model_is_logged_is_not_finished(tmp_path: Path) -> None:
     config = make_project(

@@ -668,8 +668,9 @@ def load(store: Store, ref: str | int = CHAMPION, native: bool = True) -> Loaded
             f"version {version} is not saved in the skops format; shipml will not unpickle it",
             "retrain it with `shipml train`",
         )
-    data = (cache / flavor["pickled_model"]).read_bytes()  # read once: checked, then loaded
-    actual_sha = hashlib.sha256(data).hexdigest()
+    model_file = cache / flavor["pickled_model"]
+    data = model_file.read_bytes() if native else None  # read once: checked, then loaded
+    actual_sha = _sha256(model_file) if data is None else hashlib.sha256(data).hexdigest()
     if actual_sha != expected_sha:
         shutil.rmtree(cache, ignore_errors=True)
         raise RegistryError(
@@ -677,7 +678,7 @@ def load(store: Store, ref: str | int = CHAMPION, native: bool = True) -> Loaded
             f"({actual_sha[:12]} != {expected_sha[:12]})",
             "the artifact was changed after registration; retrain or restore it",
         )
-    pipeline = _unpack(version, data) if native else None
+    pipeline = None if data is None else _unpack(version, data)
     meta = dict((mlmodel.get("metadata") or {}).get("shipml", {}))
     schema = Schema.from_dict(meta.pop("schema"))
     return LoadedModel(version=version, pipeline=pipeline, schema=schema, metadata=meta)
