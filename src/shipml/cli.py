@@ -14,7 +14,7 @@ import typer
 
 from shipml import __version__
 from shipml.console import console, error
-from shipml.errors import ShipmlError
+from shipml.errors import ShipmlError, environment_fault
 
 app = typer.Typer(
     name="shipml",
@@ -43,7 +43,8 @@ VersionOpt = Annotated[
 
 
 def handle_errors(func: F) -> F:
-    """A user mistake prints one red line and a hint and exits 2; never a traceback."""
+    """A user mistake, or a fault of the machine (a full disk, a read-only folder), prints one
+    red line and a hint and exits 2; never a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -55,6 +56,14 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             error("interrupted")
             raise typer.Exit(130) from None
+        except Exception as err:
+            config = kwargs.get("config")
+            store = Path(config).resolve().parent / ".shipml" if config else None
+            fault = environment_fault(err, store=store)
+            if fault is None:
+                raise
+            error(fault.message, fault.hint)
+            raise typer.Exit(fault.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 

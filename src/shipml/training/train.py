@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import subprocess
@@ -22,7 +23,7 @@ from shipml.data.schema import Schema
 from shipml.data.sources import fingerprint, load_table, mask_url, read_table_file
 from shipml.data.split import split_table
 from shipml.data.validate import ValidationReport, drop_missing_target, validate_table
-from shipml.errors import ConfigError, TrainingError, ValidationFailed
+from shipml.errors import ConfigError, TrainingError, ValidationFailed, half_written
 from shipml.evaluation.metrics import (
     METRICS,
     classification_metrics,
@@ -432,6 +433,18 @@ def _resume_summary(store: checkpoints.CheckpointStore | None) -> dict[str, Any]
     }
 
 
+def _close_failed_run(recorder: registry.RunRecorder, err: BaseException, root: Path) -> None:
+    """Mark the run FAILED. When the disk filled up, the file whose write failed is removed
+    first: it holds only part of what was meant, and the store needs the space it took to
+    record the failure. Where the store itself cannot be written, the run stays RUNNING until
+    the next `shipml train` marks it KILLED; the error that stopped the training is raised."""
+    partial = half_written(err, root / ".shipml")
+    if partial is not None:
+        partial.unlink(missing_ok=True)
+    with contextlib.suppress(Exception):  # the error that stopped the training is the news
+        recorder.finish("FAILED")
+
+
 def train(
     config: ProjectConfig,
     root: Path,
@@ -723,8 +736,8 @@ def train(
         )
         recorder.log_file(report_path, "report")
         recorder.finish("FINISHED")
-    except BaseException:
-        recorder.finish("FAILED")
+    except BaseException as err:
+        _close_failed_run(recorder, err, root)
         raise
     return TrainResult(
         model_name=config.name,
