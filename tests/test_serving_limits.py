@@ -190,6 +190,12 @@ def test_tokens_guard_predict_and_feedback_case_insensitive_scheme(config: Path,
                 "/feedback", json=feedback, headers={"authorization": "bearer f-secret-1"}
             )
             assert ok.status_code == 200, ok.text
+            document = running.get("/openapi.json").json()
+            for path in ("/predict", "/predict/batch", "/feedback"):
+                operation = document["paths"][path]["post"]
+                assert "401" in operation["responses"]
+                assert operation["security"] == [{"bearer": []}]
+            assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
 
 def test_rate_limits_per_client_answer_429_with_a_reason(config: Path, row: dict) -> None:
@@ -214,6 +220,7 @@ def test_rate_limits_per_client_answer_429_with_a_reason(config: Path, row: dict
         assert 'shipml_prediction_errors_total{kind="rate_limited"} 2.0' in metrics
         document = running.get("/openapi.json").json()
         assert "429" in document["paths"]["/feedback"]["post"]["responses"]
+        assert "429" in document["paths"]["/predict"]["post"]["responses"]
 
 
 def test_openapi_documents_every_answer_and_the_labels(client: TestClient) -> None:

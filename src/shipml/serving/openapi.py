@@ -66,6 +66,11 @@ def document(
             responses = operation.setdefault("responses", {})
             for status in statuses:
                 responses[status] = {"description": ANSWERS[status], "content": error}
+            if "401" in statuses:  # a token guards it: /docs offers to send one
+                operation["security"] = [{"bearer": []}]
+                built["components"]["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer"}
+                }
     _answers_and_links(built)
     metrics = built["paths"].get("/metrics", {}).get("get")
     if metrics is not None:
