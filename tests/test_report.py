@@ -376,6 +376,49 @@ def test_batched_importance_agrees_with_scikit_learn(binary_inputs: ReportInputs
     assert table.loc["ignored_column", "mean"] == 0.0
 
 
+def test_importance_stacks_a_bounded_number_of_copies(
+    binary_inputs: ReportInputs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shuffled copies go to the model in stacks of at most BATCH_CELLS cells (one copy at a
+    time for a table larger than that), with the same result as all in one stack; past its
+    seconds it stops, and the report says so."""
+    from shipml.evaluation import inspection, report
+
+    X, y = binary_inputs.X_test, binary_inputs.y_test
+    stacked: list[int] = []
+
+    class Counting:
+        classes_ = binary_inputs.model.classes_
+
+        def predict(self, df: pd.DataFrame) -> np.ndarray:
+            stacked.append(len(df))
+            return binary_inputs.model.predict(df)
+
+        def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+            return binary_inputs.model.predict_proba(df)
+
+    def importance() -> pd.DataFrame:
+        return permutation_importances(Counting(), X, y, "roc_auc", "classification", 3, 0)
+
+    whole = importance()
+    assert stacked == [len(X) * (1 + 3 * X.shape[1])]
+    stacked.clear()
+    monkeypatch.setattr(inspection, "BATCH_CELLS", 4 * X.size)
+    pd.testing.assert_frame_equal(importance(), whole)
+    assert max(stacked) == 4 * len(X) and sum(stacked) == len(X) * (1 + 3 * X.shape[1])
+    stacked.clear()
+    monkeypatch.setattr(inspection, "BATCH_CELLS", 1)
+    pd.testing.assert_frame_equal(importance(), whole)
+    assert set(stacked) == {len(X)}
+
+    with pytest.raises(inspection.ImportanceTimeout, match="took longer than"):
+        permutation_importances(Counting(), X, y, "roc_auc", "classification", 3, 0, seconds=0)
+    inputs = replace(binary_inputs, importance_seconds=0.0)
+    section, rows = report._importance(inputs)
+    assert section.uri is None and rows == []
+    assert section.error is not None and "permutation importance stopped" in section.error
+
+
 def test_search_history_zooms_past_a_far_weaker_baseline() -> None:
     from shipml.evaluation import plots
 

@@ -4,8 +4,10 @@ curves. Both score with the project's metric through its scikit-learn scoring st
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,9 +16,18 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 from shipml.evaluation.metrics import metric_spec, scoring_for
 
-__all__ = ["LEARNING_FOLDS", "LEARNING_SIZES", "learning_curve_scores", "permutation_importances"]
+__all__ = [
+    "LEARNING_FOLDS",
+    "LEARNING_SIZES",
+    "ImportanceTimeout",
+    "learning_curve_scores",
+    "permutation_importances",
+]
 
 LEARNING_FOLDS = 3
+# Cells of shuffled copies predicted in one call (a float64 table of them: 32 MB); a table
+# larger than this goes one copy at a time.
+BATCH_CELLS = 4_000_000
 LEARNING_SIZES = np.linspace(0.1, 1.0, 5)
 
 
@@ -63,17 +74,21 @@ def permutation_importances(
     n_repeats: int,
     seed: int,
     max_rows: int = 5000,
+    seconds: float | None = None,
 ) -> pd.DataFrame:
     """Permutation importance of each column of ``X``, the raw model input, so a column the
     model one-hot encodes counts once. Columns feature, mean, std, most important first; in the
     metric's units, positive when shuffling the column makes the metric worse.
 
     The same procedure as scikit-learn's ``permutation_importance`` (shuffle one column, score,
-    repeat), but every shuffled copy of the table is stacked and predicted in one call: a model
-    with a heavy per-call cost (an ensemble with a preprocessor per fold) scores hundreds of
-    copies in the time of a few calls. Tables over ``max_rows`` rows are sampled first."""
+    repeat), but shuffled copies of the table are stacked and predicted together: a model with a
+    heavy per-call cost (an ensemble with a preprocessor per fold) scores hundreds of copies in
+    the time of a few calls. A stack holds at most ``BATCH_CELLS`` cells (or one copy), so
+    memory does not grow with columns x shuffles. Tables over ``max_rows`` rows are sampled
+    first. With ``seconds``, ImportanceTimeout is raised once they pass."""
     from sklearn.metrics import get_scorer
 
+    started = time.monotonic()
     if len(X) > max_rows:
         X, y = _sample(X, y, max_rows, task, seed)
     X = X.reset_index(drop=True)
@@ -81,34 +96,37 @@ def permutation_importances(
     classifier = task == "classification"
     classes = model.classes_ if classifier else None
     scorer = get_scorer(scoring_for(metric, len(classes) if classes is not None else None))
+    replay_class = _ReplayClassifier if classifier else _ReplayRegressor
     rng = np.random.RandomState(seed)
     n = len(X)
-    copies = [X]
-    for column in X.columns:
-        values = X[column].to_numpy()
-        for _ in range(n_repeats):
-            shuffled = X.copy()
-            shuffled[column] = values[rng.permutation(n)]
-            copies.append(shuffled)
-    stacked = pd.concat(copies, ignore_index=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        predicted = np.asarray(model.predict(stacked))
-        proba = np.asarray(model.predict_proba(stacked)) if classifier else None
-
-        def score(block: int) -> float:
-            rows = slice(block * n, (block + 1) * n)
-            replay_class = _ReplayClassifier if classifier else _ReplayRegressor
-            replay = replay_class(predicted[rows], None if proba is None else proba[rows], classes)
-            return float(scorer(replay, X, y))
-
-        baseline = score(0)
-        drops = np.array(
-            [
-                [baseline - score(1 + i * n_repeats + r) for r in range(n_repeats)]
-                for i in range(len(X.columns))
-            ]
-        )
+    # (column, permutation) per copy, None for the unshuffled table; drawn in scikit-learn's
+    # order (each column's repeats in turn), lazily, so only a batch's worth is ever held.
+    jobs: Iterator[tuple[Any, np.ndarray] | None] = itertools.chain(
+        [None],
+        ((column, rng.permutation(n)) for column in X.columns for _ in range(n_repeats)),
+    )
+    per_batch = max(1, BATCH_CELLS // max(n * X.shape[1], 1))
+    scores: list[float] = []
+    while batch := list(itertools.islice(jobs, per_batch)):
+        if seconds is not None and scores and time.monotonic() - started > seconds:
+            raise ImportanceTimeout(
+                f"{len(X.columns)} columns x {n_repeats} shuffles took longer than the "
+                f"{seconds:.0f} s the time budget left for them; a larger --time-budget "
+                "includes them"
+            )
+        stacked = pd.concat([_shuffled(X, job) for job in batch], ignore_index=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            predicted = np.asarray(model.predict(stacked))
+            proba = np.asarray(model.predict_proba(stacked)) if classifier else None
+            del stacked
+            for block in range(len(batch)):
+                rows = slice(block * n, (block + 1) * n)
+                replay = replay_class(
+                    predicted[rows], None if proba is None else proba[rows], classes
+                )
+                scores.append(float(scorer(replay, X, y)))
+    drops = scores[0] - np.asarray(scores[1:]).reshape(len(X.columns), n_repeats)
     table = pd.DataFrame(
         {
             "feature": [str(c) for c in X.columns],
@@ -119,6 +137,19 @@ def permutation_importances(
     if table["mean"].isna().all():  # scikit-learn scores an undefined metric NaN, not an error
         raise ValueError(f"{metric} is undefined on these rows (a single class?)")
     return table.sort_values("mean", ascending=False, kind="mergesort").reset_index(drop=True)
+
+
+class ImportanceTimeout(Exception):
+    """Permutation importance ran past the seconds it was given."""
+
+
+def _shuffled(X: pd.DataFrame, job: tuple[Any, np.ndarray] | None) -> pd.DataFrame:
+    if job is None:
+        return X
+    column, order = job
+    out = X.copy()
+    out[column] = X[column].to_numpy()[order]
+    return out
 
 
 def _sample(X: pd.DataFrame, y: pd.Series, rows: int, task: str, seed: int) -> tuple[Any, Any]:

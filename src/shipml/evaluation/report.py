@@ -25,6 +25,7 @@ from shipml.evaluation import plots
 from shipml.evaluation.inspection import (
     LEARNING_FOLDS,
     LEARNING_SIZES,
+    ImportanceTimeout,
     learning_curve_scores,
     permutation_importances,
 )
@@ -70,6 +71,7 @@ class ReportInputs:
     max_importance_rows: int = 5000
     learning_skipped: str = ""  # why there is no learning curve, when learning_estimator is None
     learning_seconds: float | None = None  # no larger subset starts after this many seconds
+    importance_seconds: float | None = None  # permutation importance stops after this many
 
 
 @dataclass
@@ -296,7 +298,12 @@ def _importance(inputs: ReportInputs) -> tuple[FigureSection, list[dict[str, str
             inputs.importance_repeats,
             inputs.seed,
             inputs.max_importance_rows,
+            inputs.importance_seconds,
         )
+    except ImportanceTimeout as err:
+        return FigureSection(
+            "importance", title, error=f"permutation importance stopped: {err}"
+        ), []
     except Exception as err:
         why = f"permutation importance could not be computed: {_reason(err)}"
         return FigureSection("importance", title, error=why), []

@@ -66,6 +66,7 @@ class ReportPlan:
     learning_rows: int  # 0: no learning curve
     learning_skipped: str = ""
     learning_seconds: float | None = None  # the curve ends early rather than run past this
+    importance_seconds: float | None = None  # permutation importance stops rather than overrun
 
 
 FINISH_FIXED_S = 5.0  # the fast copy, registration and the report's least, on a small model
@@ -131,6 +132,9 @@ def plan_report(
         fitting = int(budget_importance / max((1 + n_columns * repeats) * seconds_per_row, 1e-9))
         rows = max(min(rows, MIN_IMPORTANCE_ROWS), min(rows, fitting))
 
+    # The estimate leaves out each prediction call's own cost, which thousands of columns
+    # (one batch of copies per call) make count: importance stops at twice its share.
+    importance_seconds = max(2 * budget_importance, 1.0)
     budget_learning = allowance - cost(rows, repeats)
     # Fit time shrinks less than the rows on small samples (boosting pays per iteration,
     # CatBoost almost only that): most of it is taken as fixed. The curve also stops early
@@ -150,8 +154,14 @@ def plan_report(
             f"learning curves skipped: they need about {needed(most):.0f} s and the time budget "
             f"had {max(budget_learning, 0):.0f} s left; a larger --time-budget includes them"
         )
-        return ReportPlan(repeats, rows, 0, why)
-    return ReportPlan(repeats, rows, learning_rows, learning_seconds=max(budget_learning, 1.0))
+        return ReportPlan(repeats, rows, 0, why, importance_seconds=importance_seconds)
+    return ReportPlan(
+        repeats,
+        rows,
+        learning_rows,
+        learning_seconds=max(budget_learning, 1.0),
+        importance_seconds=importance_seconds,
+    )
 
 
 def report_notes(
@@ -181,6 +191,7 @@ def write_training_report(
         learning_skipped=plan.learning_skipped,
         max_learning_rows=max(plan.learning_rows, 1),
         learning_seconds=plan.learning_seconds,
+        importance_seconds=plan.importance_seconds,
         importance_repeats=plan.importance_repeats,
         max_importance_rows=plan.importance_rows,
         **inputs,
