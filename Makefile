@@ -44,7 +44,8 @@ test-fast: install  ## the tests that train no models end to end
 # The attacks and faults of tests/chaos (also part of `make test`), on 127.0.0.1 only, each
 # bounded; what was tried and what held ends the output as a table (docs/robustness.md).
 chaos: install prometheus  ## only the chaos suite: load, kills, hostile input, tampering, full disk
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -m chaos -n 2 --dist loadgroup
+	SHIPML_CHAOS_FIGURES=$(CURDIR)/.chaos/figures.jsonl OMP_WAIT_POLICY=PASSIVE \
+	  $(BIN)/pytest -m chaos -n 2 --dist loadgroup
 
 format: install
 	$(BIN)/ruff format src tests benchmarks

@@ -186,10 +186,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item._id = NodeId.parse(item.nodeid + suffix)
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """A fresh file for the chaos suite's figures, once per run (not on xdist's workers)."""
-    if not hasattr(session.config, "workerinput"):
-        chaos_figures.figures_file().unlink(missing_ok=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """The chaos suite's figures go to a file of this run's own (xdist's workers inherit the
+    variable), so runs side by side do not mix or clear each other's figures."""
+    if not hasattr(config, "workerinput"):
+        path = chaos_figures.figures_file(os.getpid())
+        os.environ[chaos_figures.FIGURES_ENV] = str(path)
+        path.unlink(missing_ok=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -2,24 +2,30 @@
 
 Every chaos test records what it did (requests answered under load, faults injected, bad inputs
 tried, records lost) with ``record``; the pytest run prints them as one table at the end
-(``tests/conftest.py``), and ``make chaos`` writes that table for the docs
-(``docs/robustness.md``). Workers of pytest-xdist append to the same file: one short
-``write`` per line in append mode, so lines never interleave.
+(``tests/conftest.py``); ``make chaos`` keeps them in ``.chaos/figures.jsonl`` and prints the
+table for the docs (``docs/robustness.md``) with ``python -m tests.chaos.figures FILE``.
+Workers of pytest-xdist append to the same file: one short ``write`` per line in append mode,
+so lines never interleave.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 FIGURES_ENV = "SHIPML_CHAOS_FIGURES"
-DEFAULT_FILE = Path(__file__).resolve().parents[2] / ".chaos" / "figures.jsonl"
+FOLDER = Path(__file__).resolve().parents[2] / ".chaos"
 
 
-def figures_file() -> Path:
-    return Path(os.environ.get(FIGURES_ENV) or DEFAULT_FILE)
+def figures_file(run: int | None = None) -> Path:
+    """The file named by $SHIPML_CHAOS_FIGURES, else run ``run``'s own under .chaos/."""
+    given = os.environ.get(FIGURES_ENV)
+    if given:
+        return Path(given)
+    return FOLDER / f"figures-{run if run is not None else os.getpid()}.jsonl"
 
 
 def record(attack: str, what: str, number: float, held: bool = True) -> None:
@@ -64,4 +70,4 @@ def _number(value: float) -> str:
 
 
 if __name__ == "__main__":
-    print(table())
+    print(table(Path(sys.argv[1]) if len(sys.argv) > 1 else None))
