@@ -41,6 +41,9 @@ from shipml.models.trusted import trusted_types_for
 
 for _name in ("mlflow", "alembic", "alembic.runtime.migration"):
     logging.getLogger(_name).setLevel(logging.ERROR)
+# MLflow logs every database error with its traceback before raising it again as an
+# MlflowException (a locked or read-only SQLite store among them): shipml reports it in one line.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
