@@ -58,7 +58,10 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(130) from None
         except Exception as err:
             config = kwargs.get("config")
-            store = Path(config).resolve().parent / ".shipml" if config else None
+            project = Path(config) if config is not None else None
+            store = None  # SQLite names no file: its faults are named by the project's store
+            if project is not None and project.is_file():
+                store = project.resolve().parent / ".shipml"
             fault = environment_fault(err, store=store)
             if fault is None:
                 raise

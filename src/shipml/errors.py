@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -120,6 +122,19 @@ def environment_fault(
                 where = store or path
                 return _fault(f"{where}: {cause}" if where else cause, None)
     return None
+
+
+@contextmanager
+def faults_named(path: Path) -> Iterator[None]:
+    """Inside, an OSError of a full disk or a read-only or forbidden folder becomes an
+    EnvironmentFault naming ``path`` (the file the user asked for, not a temporary one)."""
+    try:
+        yield
+    except OSError as err:
+        fault = environment_fault(err, path=path)
+        if fault is None:
+            raise
+        raise fault from None
 
 
 def half_written(err: BaseException, inside: Path) -> Path | None:

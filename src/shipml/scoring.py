@@ -16,7 +16,7 @@ import pandas as pd
 
 from shipml.data.coerce import check_input
 from shipml.data.schema import Schema
-from shipml.errors import DataError, InputSchemaError, environment_fault
+from shipml.errors import DataError, InputSchemaError, faults_named
 from shipml.evaluation.metrics import (
     classification_metrics,
     classification_report_dict,
@@ -223,18 +223,14 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
         raise DataError(f"--out {path}: folder {path.parent} does not exist", "create it first")
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        if suffix.endswith(".csv"):
-            df.to_csv(tmp, index=False)
-        else:
-            df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except OSError as err:  # a full disk, a read-only folder: named by the file asked for
-        fault = environment_fault(err, path=path)
-        if fault is None:
-            raise
-        raise fault from None
+        with faults_named(path):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            if suffix.endswith(".csv"):
+                df.to_csv(tmp, index=False)
+            else:
+                df.to_parquet(tmp, index=False)
+            os.replace(tmp, path)
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

@@ -18,6 +18,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -222,3 +223,17 @@ def test_train_and_promote_on_a_read_only_store(project: Path) -> None:
         one_error_line(promoted, shipml_dir, "read-only")
     assert registry_state(project) == before
     assert run_statuses(project) == runs
+
+
+def test_monitor_json_to_a_full_disk_leaves_no_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(rng.normal(size=(200, 100)), columns=[f"c{i}" for i in range(100)])
+    reference, current = tmp_path / "ref.csv", tmp_path / "cur.csv"
+    table.to_csv(reference, index=False)
+    (table + 1).to_csv(current, index=False)
+    out_dir = tmp_path / "out"
+    with small_disk(out_dir, 8, keep=False):
+        out = out_dir / "drift.json"
+        done = shipml("monitor", "--reference", reference, "--current", current, "--json", out)
+        one_error_line(done, out, "no space left on the device")
+        assert list(out_dir.iterdir()) == []

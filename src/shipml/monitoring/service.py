@@ -16,7 +16,7 @@ import pandas as pd
 
 from shipml import registry
 from shipml.data.sources import iter_table_file
-from shipml.errors import DataError, RegistryError, ShipmlError
+from shipml.errors import DataError, RegistryError, ShipmlError, faults_named
 from shipml.monitoring.drift import DriftResult, DriftSettings, compare
 from shipml.monitoring.performance import Performance, log_performance, performance, strings
 from shipml.monitoring.profile import (
@@ -61,8 +61,12 @@ class MonitorResult:
     def write_json(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
-        tmp.replace(path)
+        try:
+            with faults_named(path):
+                tmp.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+                tmp.replace(path)
+        finally:  # a full disk leaves no half-written file behind
+            tmp.unlink(missing_ok=True)
         return path
 
 
