@@ -149,3 +149,25 @@ def test_train_on_a_column_at_the_float64_limit(tmp_path: Path) -> None:
     profiles = list((tmp_path / ".shipml").rglob("profile.json"))
     assert len(profiles) == 1
     _strict_json(profiles[0].read_text())
+
+
+def test_logged_predictions_at_the_float64_limit_give_finite_drift() -> None:
+    """What the server's drift thread computes every round: the latest logged rows (two of them
+    at ±1.7e308) against the served version's reference profile."""
+    from shipml.monitoring.drift import compare
+    from shipml.monitoring.service import log_profile
+
+    reference, _ = _tables(1500)
+    profile = profile_table(reference, {"amount": "numeric", "age": "numeric"})
+    profile.meta = {"task": "classification"}
+    inputs = reference.sample(200, random_state=2).to_dict("records")
+    inputs[0]["amount"], inputs[1]["amount"] = LIMIT, -LIMIT
+    rows = [
+        {"inputs": row, "prediction": "yes", "confidence": 0.9, "request_id": str(i)}
+        for i, row in enumerate(inputs)
+    ]
+    with np.errstate(over="raise", invalid="raise"):
+        result = compare(profile, log_profile(rows, profile, {}), DriftSettings())
+    amount = result.columns["amount"]
+    assert math.isfinite(amount.score) and math.isfinite(amount.psi), amount
+    assert not result.columns["age"].drift
