@@ -300,3 +300,29 @@ def test_a_file_skops_cannot_read_is_a_clear_error(project: Path, tmp_path: Path
     version = register_file(project, b"PK\x03\x04 not a model")
     with pytest.raises(RegistryError, match=f"version {version}: the model file cannot be loaded"):
         registry.load(Project.load(project).store, version)
+
+
+def test_a_network_in_a_crafted_file_imports_no_python_file_outside_the_project(
+    project: Path, tmp_path: Path
+) -> None:
+    """A Keras network keeps the path of its build_model file, imported on load to find custom
+    layers when the network does not load without them: a crafted file names a script
+    elsewhere and makes its network unreadable."""
+    from shipml.models.keras_model import KerasClassifier
+
+    canary = tmp_path / "canary"
+    script = tmp_path / "elsewhere" / "build.py"
+    script.parent.mkdir()
+    script.write_text(f"open({str(canary)!r}, 'w').write('ran')\n")
+    net = KerasClassifier(build_model=str(script))
+    net.__dict__["model_keras_bytes_"] = np.frombuffer(b"not a keras file", dtype=np.uint8)
+    data = bytes(registry.serializer().dumps(Pipeline([("model", net)])))
+    version = register_file(project, data)
+    result = run_cli(
+        "predict", project.parent / "new.csv", "--out", tmp_path / "out.csv",
+        "--version", version, "-c", project,
+    )  # fmt: skip
+    assert result.exit_code == 2, result.all
+    assert "Traceback" not in result.all
+    assert "outside the project folder" in result.stderr.splitlines()[0], result.stderr
+    assert not canary.exists()

@@ -37,6 +37,7 @@ from mlflow.exceptions import MlflowException
 
 from shipml.data.schema import Schema
 from shipml.errors import RegistryError, ShipmlError
+from shipml.models.keras_backend import user_code_only_under
 from shipml.models.trusted import trusted_types_for
 
 for _name in ("mlflow", "alembic", "alembic.runtime.migration"):
@@ -681,19 +682,21 @@ def load(store: Store, ref: str | int = CHAMPION, native: bool = True) -> Loaded
             f"({actual_sha[:12]} != {expected_sha[:12]})",
             "the artifact was changed after registration; retrain or restore it",
         )
-    pipeline = None if data is None else _unpack(version, data)
+    pipeline = None if data is None else _unpack(version, data, store.root)
     meta = dict((mlmodel.get("metadata") or {}).get("shipml", {}))
     schema = Schema.from_dict(meta.pop("schema"))
     return LoadedModel(version=version, pipeline=pipeline, schema=schema, metadata=meta)
 
 
-def _unpack(version: int, data: bytes) -> Any:
+def _unpack(version: int, data: bytes, root: Path) -> Any:
     """The pipeline in a verified skops file, built only if every type in it is one that
-    shipml's model families save (checked before anything in the file is imported or run)."""
+    shipml's model families save (checked before anything in the file is imported or run), and
+    importing a network's build_model file only from the project's folder ``root``."""
     sio = serializer()
     try:
         trusted = trusted_types_for(sio.get_untrusted_types(data=data))
-        return sio.loads(data, trusted=trusted)
+        with user_code_only_under(root):
+            return sio.loads(data, trusted=trusted)
     except ShipmlError as err:
         raise type(err)(f"version {version}: {err.message}", err.hint) from None
     except Exception as err:  # a file skops cannot read: crafted, or from another skops

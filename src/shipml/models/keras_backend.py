@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,6 +24,20 @@ from shipml.errors import ConfigError
 _BACKEND_PACKAGES = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}
 _BUILD_HINT = "define `build_model(n_features, n_outputs, task)` returning a `keras.Model`"
 _modules: dict[tuple[str, int], ModuleType] = {}  # (path, mtime) -> executed user module
+# While a registered model file is read: the folder a build_model file must be in to be imported.
+_CODE_ROOT: ContextVar[Path | None] = ContextVar("shipml_build_model_root", default=None)
+
+
+@contextmanager
+def user_code_only_under(root: Path) -> Iterator[None]:
+    """While a model file from the registry is loaded, import a network's build_model file (to
+    find its custom layers) only from inside ``root``, the project's folder: the path is written
+    in the model file, and a crafted file could otherwise name any Python file on the machine."""
+    token = _CODE_ROOT.set(Path(root).resolve())
+    try:
+        yield
+    finally:
+        _CODE_ROOT.reset(token)
 
 
 def ensure_backend(name: str = "torch") -> None:
@@ -76,6 +91,13 @@ def load_user_module(path: str | os.PathLike[str]) -> ModuleType:
         )
     if file.suffix != ".py":
         raise ConfigError(f"build_model file {file} is not a .py file", hint=_BUILD_HINT)
+    root = _CODE_ROOT.get()
+    if root is not None and not file.resolve().is_relative_to(root):
+        raise ConfigError(
+            f"the model file names a build_model file outside the project folder {root} "
+            f"({file}): shipml will not import it",
+            hint="keep the build_model file inside the project's folder, and retrain",
+        )
     key = (str(file), file.stat().st_mtime_ns)
     if key in _modules:
         return _modules[key]
