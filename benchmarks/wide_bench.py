@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -77,24 +76,32 @@ def generate(rows: int, columns: int, path: Path, seed: int = 0) -> int:
     return int(X.nbytes)
 
 
+# A wrapper child runs the command: its RUSAGE_CHILDREN peak is then that command's alone (the
+# benchmark's own holds the largest of every child it ever waited for).
+MEASURE = """
+import json, resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"code": done.returncode, "peak_kb": peak, "err": done.stderr[-2000:]}))
+"""
+
+
 def console_train(folder: Path, budget: float) -> tuple[float, float, int]:
     """(seconds, peak RSS in MB, exit code) of `shipml train` in a child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     done = subprocess.run(
-        [str(SHIPML), "train", "--time-budget", f"{budget:g}"],
+        [str(PYTHON), "-c", MEASURE, str(SHIPML), "train", "--time-budget", f"{budget:g}"],
         cwd=folder,
         env=ENV,
         capture_output=True,
         text=True,
+        check=True,
     )
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if done.returncode != 0:
-        print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
-    # ru_maxrss of the children is the largest of any child so far: a later, smaller run
-    # shows the earlier one's peak. Each shape runs its console script before anything else.
-    return seconds, max(peak, before) / 1024, done.returncode
+    result = json.loads(done.stdout)
+    if result["code"] != 0:
+        print(result["err"], file=sys.stderr)
+    return seconds, result["peak_kb"] / 1024, result["code"]
 
 
 def staged_train(folder: Path, budget: float) -> list[tuple[str, float, float]]:
