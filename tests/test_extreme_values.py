@@ -171,3 +171,16 @@ def test_logged_predictions_at_the_float64_limit_give_finite_drift() -> None:
     amount = result.columns["amount"]
     assert math.isfinite(amount.score) and math.isfinite(amount.psi), amount
     assert not result.columns["age"].drift
+
+
+def test_predict_names_a_column_the_model_cannot_read(trained_binary: Path, tmp_path: Path) -> None:
+    """Trees that read float32 (the forests in this champion) cannot take ±1.7e308: one line
+    naming the column and a value, exit 2, no output file."""
+    data = pd.read_csv(trained_binary.parent / "new.csv")
+    data["mean_radius"] = _with_extremes(data["mean_radius"].to_numpy())
+    source, out = tmp_path / "extreme.csv", tmp_path / "scored.csv"
+    data.to_csv(source, index=False)
+    result = run_cli("predict", source, "--out", out, "-c", trained_binary)
+    assert result.exit_code == 2, result.all
+    assert "column 'mean_radius' holds" in result.stderr and "1.7e+308" in result.stderr
+    assert not out.exists()
