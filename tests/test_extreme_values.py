@@ -125,12 +125,6 @@ def test_monitor_a_file_with_values_at_the_float64_limit(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="the leakage check (src/shipml/data/leakage.py, not this change's) fits float32 trees "
-    "on the raw column: 'Input X contains infinity or a value too large for dtype(float32)'",
-)
 def test_train_on_a_column_at_the_float64_limit(tmp_path: Path) -> None:
     """`shipml train` on a column holding ±1.7e308 and huge finite values finishes and stores a
     plain-JSON reference profile."""

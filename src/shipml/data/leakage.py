@@ -47,10 +47,12 @@ def _numeric_feature(values: pd.Series, name: str, role: str) -> np.ndarray | No
     finite = np.isfinite(x)
     if not finite.any():
         return None
-    low = float(np.min(x[finite]))
-    span = float(np.max(x[finite])) - low
-    x[~finite] = low - 1.0 - span
-    return x
+    # A tree on one column sees only the order of its values: ranks keep every split and stay
+    # small (values near the float64 limit do not fit the tree's float32), and missing values
+    # rank below all others.
+    ranks = np.full(len(x), -1.0)
+    ranks[finite] = np.unique(x[finite], return_inverse=True)[1]
+    return ranks
 
 
 def _ordered_codes(
