@@ -204,6 +204,8 @@ def test_train_and_promote_on_a_read_only_store(project: Path) -> None:
         other = next(v for v in before[0] if v != before[1]["champion"])
         promoted = shipml("promote", str(other), "-c", project)
         one_error_line(promoted, shipml_dir, "read-only")
+        listed = shipml("models", "-c", project)  # reading still works
+        assert listed.returncode == 0, listed.stdout + listed.stderr
     assert registry_state(project) == before
     assert run_statuses(project) == runs
 
