@@ -69,3 +69,19 @@ def test_only_a_file_inside_the_store_counts_as_half_written(tmp_path: Path) -> 
 def test_read_only_and_forbidden_paths_are_faults(errno_: int) -> None:
     fault = environment_fault(OSError(errno_, "no", "/srv/p/.shipml/reports"))
     assert fault is not None and fault.message.startswith("/srv/p/.shipml/reports: ")
+
+
+def test_a_store_another_command_holds_is_a_fault_that_says_to_wait(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    with closing(sqlite3.connect(db, isolation_level=None)) as holder:
+        holder.execute("CREATE TABLE runs (status TEXT)")
+        holder.execute("BEGIN EXCLUSIVE")  # another command's write transaction
+
+        def update() -> None:
+            with closing(sqlite3.connect(db, timeout=0.1)) as con:
+                con.execute("INSERT INTO runs VALUES ('FAILED')")
+
+        fault = environment_fault(_caught(update), store=tmp_path)
+        holder.execute("ROLLBACK")
+    assert fault is not None and "another command held the MLflow store" in fault.message
+    assert fault.hint is not None and "let the other command finish" in fault.hint

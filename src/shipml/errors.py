@@ -83,6 +83,7 @@ _SQLITE_FAULTS = {
     "database or disk is full": "no space left on the device",
     "unable to open database file": "the MLflow store cannot be opened",
     "disk i/o error": "a disk I/O error",
+    "database is locked": "another command held the MLflow store past the wait for it",
 }
 
 
@@ -150,6 +151,8 @@ def half_written(err: BaseException, inside: Path) -> Path | None:
 
 
 def _fault(message: str, code: int | None) -> EnvironmentFault:
+    if "another command held" in message:
+        return EnvironmentFault(message, "let the other command finish, then run this one again")
     if code in (errno.ENOSPC, errno.EDQUOT) or "space" in message:
         return EnvironmentFault(message, "free some space there, then run the command again")
     return EnvironmentFault(message, "make it writable, then run the command again")

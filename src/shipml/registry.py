@@ -36,7 +36,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from shipml.data.schema import Schema
-from shipml.errors import RegistryError, ShipmlError
+from shipml.errors import RegistryError, ShipmlError, environment_fault
 from shipml.models.keras_backend import user_code_only_under
 from shipml.models.trusted import trusted_types_for
 
@@ -134,6 +134,9 @@ def open_store(root: Path, name: str, tracking_uri: str | None = None) -> Store:
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             experiment_id = _experiment_id(client, name, location)
     except Exception as err:  # MLflow's, SQLAlchemy's or the database driver's
+        fault = environment_fault(err, store=root / ".shipml" if tracking_uri is None else None)
+        if fault is not None:  # a read-only or full disk: the config is not to blame
+            raise fault from None
         detail = err.message if isinstance(err, MlflowException) else str(err)
         hint = "check tracking_uri in shipml.yaml"
         if "_alembic_tmp_" in detail:

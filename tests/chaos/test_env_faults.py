@@ -222,3 +222,17 @@ def test_monitor_json_to_a_full_disk_leaves_no_file(tmp_path: Path) -> None:
         done = shipml("monitor", "--reference", reference, "--current", current, "--json", out)
         one_error_line(done, out, "no space left on the device")
         assert list(out_dir.iterdir()) == []
+
+
+def test_a_new_project_in_a_read_only_folder_is_a_fault_not_a_config_error(
+    project: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "fresh"
+    (folder / ".shipml").mkdir(parents=True)
+    config = folder / "shipml.yaml"
+    config.write_text(project.read_text())
+    shutil.copy(project.parent / "train.csv", folder / "train.csv")
+    with read_only(folder / ".shipml"):
+        listed = shipml("models", "-c", config)
+    line = one_error_line(listed, folder / ".shipml", "read-only")
+    assert "tracking_uri" not in listed.stderr, line
