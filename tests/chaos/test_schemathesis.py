@@ -70,6 +70,7 @@ def test_schemathesis_every_phase_finds_nothing(tmp_path: Path, project: Path) -
         record("schemathesis over the OpenAPI document", "generated cases", generated, held=held)
         assert held, output[-5000:]
         assert generated > 300, output[-3000:]
+        assert "Tested: 8" in output  # every operation, /predict and /admin/reload included
         # The stateful phase ran: a prediction's request id was followed into /feedback.
         links = re.search(r"API Links:\s+(\d+) covered", output)
         scenarios = re.search(r"Scenarios:\s+(\d+)", output)
