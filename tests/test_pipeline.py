@@ -18,8 +18,7 @@ from shipml import Project
 from shipml.pipeline import steps
 from shipml.pipeline.local import next_run, schedule_log
 from tests.conftest import CliResult, make_project, run_cli
-from tests.serving_helpers import Server
-from tests.test_serving import _Load
+from tests.serving_helpers import Load, Server
 
 
 def world(n: int, seed: int, shift: float = 0.0, flipped: bool = False) -> pd.DataFrame:
@@ -177,9 +176,8 @@ def test_the_whole_loop_drift_retrain_gate_promote_hot_swap(tmp_path: Path) -> N
     config = _config(tmp_path, {"monitoring": monitoring})
     drifted = world(300, 7, shift=3.0, flipped=True)
     rows = json.loads(drifted.drop(columns=["label"]).to_json(orient="records"))
-    with Server(config) as running, _Load(running, rows) as load:
-        while len(load.answers) < 250:  # drifted traffic
-            time.sleep(0.05)
+    with Server(config) as running, Load(running, rows) as load:
+        load.wait_for(250, timeout=120)  # drifted traffic
         # The new labelled data arrives where the config reads it; monitoring sees the drift
         # in the served traffic and retrains.
         world(800, 8, shift=3.0, flipped=True).to_csv(config.parent / "train.csv", index=False)
@@ -187,13 +185,8 @@ def test_the_whole_loop_drift_retrain_gate_promote_hot_swap(tmp_path: Path) -> N
         assert monitored.exit_code == 0, monitored.all
         said = _said(monitored)
         assert "retrain_on_drift is on" in said and "version 2 is the champion (was 1)" in said
-        deadline = time.monotonic() + 60
-        while load.answers[-1]["model_version"] != "2":
-            assert time.monotonic() < deadline, "the server did not switch to version 2"
-            time.sleep(0.1)
-        swapped = len(load.answers)
-        while len(load.answers) < swapped + 50:
-            time.sleep(0.05)
+        load.wait_for_version("2", streak=1, timeout=60)
+        load.wait_for(load.count + 50, timeout=60)
 
         # a worse challenger: the gate fails and version 2 keeps serving
         noise = world(800, 9, shift=3.0)
@@ -203,11 +196,9 @@ def test_the_whole_loop_drift_retrain_gate_promote_hot_swap(tmp_path: Path) -> N
         assert worse.exit_code == 0 and "version 2 keeps serving" in _said(worse)
         assert "FAILED: challenger roc_auc" in _said(worse)
         time.sleep(1.5)  # three reload intervals
-        settled = len(load.answers)
-        while len(load.answers) < settled + 50:
-            time.sleep(0.05)
-    assert load.failures == []
-    versions = [a["model_version"] for a in load.answers]
+        load.wait_for(load.count + 50, timeout=60)
+    assert not load.failures, dict(load.failures)
+    versions = [version for _, version in load.answered]
     assert versions[0] == "1" and versions[-1] == "2" and "3" not in versions
 
     # The registry: v2 passed and is champion, v3 failed and stays a challenger; the decision

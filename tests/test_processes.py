@@ -1,5 +1,5 @@
-"""The installed `shipml` console script as a real process: SIGKILL mid-train, the MLflow UI,
---help on every command."""
+"""The installed `shipml` console script as a real process: the MLflow UI (SIGKILL of training is
+in tests/chaos), --help on every command."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shipml.project import Project
-from tests.conftest import breast_cancer_frame, make_project, run_cli
+from tests.conftest import run_cli
 from tests.serving_helpers import free_port
 
 SHIPML = str(Path(sys.executable).parent / "shipml")
@@ -48,63 +48,6 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
 def test_console_script_runs() -> None:
     done = subprocess.run([SHIPML, "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("shipml ")
-
-
-@pytest.mark.slow
-def test_sigkill_mid_train_leaves_champion_and_rerun_succeeds(tmp_path: Path) -> None:
-    # One family without a search: the kill comes as the first candidate is logged, seconds
-    # before the training could end.
-    config = make_project(
-        tmp_path,
-        breast_cancer_frame(),
-        "diagnosis",
-        lambda raw: raw["training"].update(models=["lightgbm"], trials=0),
-    )
-    assert run_cli("train", "-c", config).exit_code == 0
-    project = Project.load(config)
-    client, experiment = project.store.client, project.store.experiment_id
-    assert project.champion() == 1
-
-    proc = subprocess.Popen(
-        [SHIPML, "train", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "COLUMNS": "120"},
-    )
-    try:
-        deadline = time.monotonic() + 120
-        parents: list = []
-        while time.monotonic() < deadline and proc.poll() is None:
-            parents = client.search_runs(
-                [experiment],
-                filter_string="attributes.status = 'RUNNING' and tags.`shipml.kind` = 'train'",
-            )
-            if parents:
-                parent_id = parents[0].info.run_id
-                children = client.search_runs(
-                    [experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
-                )
-                if children:  # cross-validation is under way: kill it mid-training
-                    break
-            time.sleep(0.05)
-        assert proc.poll() is None, "train finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    killed_run = parents[0].info.run_id
-
-    project = Project.load(config)
-    assert project.champion() == 1
-    assert [v.version for v in project.models()] == [1]
-
-    rerun = run_cli("train", "-c", config)
-    assert rerun.exit_code == 0, rerun.all
-    project = Project.load(config)
-    assert project.champion() == 1
-    assert [v.version for v in project.models()] == [1, 2]
-    assert project.store.client.get_run(killed_run).info.status == "KILLED"
 
 
 @pytest.mark.slow

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -347,97 +345,6 @@ def test_admin_reload_needs_the_token(served_project: Path) -> None:
 def test_admin_is_off_without_a_token(server: Server) -> None:
     r = server.post("/admin/reload", headers={"Authorization": "Bearer anything"})
     assert r.status_code == 403 and "SHIPML_ADMIN_TOKEN" in r.text
-
-
-class _Load:
-    """Clients posting /predict in threads until stopped; answers and failures recorded."""
-
-    def __init__(self, server: Server, rows: list[dict[str, Any]], threads: int = 4) -> None:
-        self.server, self.rows = server, rows
-        self.answers: list[dict[str, Any]] = []
-        self.failures: list[str] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-        self._lock = threading.Lock()
-
-    def _run(self, k: int) -> None:
-        session = requests.Session()
-        i = k
-        while not self.stop.is_set():
-            row = self.rows[i % len(self.rows)]
-            i += 1
-            try:
-                r = session.post(self.server.url + "/predict", json={"features": row}, timeout=30)
-            except requests.RequestException as err:
-                with self._lock:
-                    self.failures.append(type(err).__name__)
-                continue
-            with self._lock:
-                if r.status_code == 200:
-                    self.answers.append(r.json())
-                else:
-                    self.failures.append(f"{r.status_code} {r.text[:200]}")
-
-    def __enter__(self) -> _Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join()
-
-
-def test_every_answered_prediction_survives_a_sigkill(tmp_path: Path, served_project: Path) -> None:
-    log_dir = served_project.parent / ".shipml" / "predictions"
-    rows = _rows(served_project, 20)
-    running = Server(served_project)
-    with running, _Load(running, rows) as load:
-        deadline = time.monotonic() + 120  # generous: a loaded CI machine answers slower
-        while len(load.answers) < 300 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        running.kill()  # SIGKILL, mid-load
-    answered = {a["request_id"] for a in load.answers}
-    assert len(answered) >= 300
-    logged = {r["request_id"] for r in read_predictions(log_dir)}
-    assert answered <= logged, f"{len(answered - logged)} answered predictions not in the log"
-
-
-def _wait_for_version(load: _Load, version: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if load.answers and load.answers[-1]["model_version"] == version:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"the server did not swap to version {version} in {timeout} s")
-
-
-def test_champion_swap_without_a_failed_request(tmp_path: Path) -> None:
-    def edit(raw: dict) -> None:
-        raw["features"]["exclude"] = ["customer_id"]
-        raw["training"].update(models=["random_forest"], trials=0, ensemble=False)
-        raw["training"]["params"] = {"random_forest": {"n_estimators": 50}}  # trained twice
-        raw["serving"] = {"reload_interval_s": 0.5}
-
-    config = make_project(tmp_path, _customers(), "churned", edit)
-    assert run_cli("train", "-c", config).exit_code == 0
-    rows = _rows(config, 20)
-    with Server(config) as running, _Load(running, rows) as load:
-        while len(load.answers) < 50:
-            time.sleep(0.05)
-        assert run_cli("train", "-c", config).exit_code == 0  # version 2
-        assert run_cli("promote", "2", "-c", config).exit_code == 0
-        _wait_for_version(load, "2")
-        seen_after = len(load.answers)
-        while len(load.answers) < seen_after + 50:
-            time.sleep(0.05)
-        assert run_cli("promote", "1", "-c", config).exit_code == 0  # and back
-        _wait_for_version(load, "1")
-    versions = [a["model_version"] for a in load.answers]
-    assert load.failures == []
-    assert versions[0] == "1" and "2" in versions and versions[-1] == "1"
-    assert all(math.isfinite(float(a["probability"])) for a in load.answers)
 
 
 def test_a_tampered_fast_copy_is_refused_and_the_native_model_serves(

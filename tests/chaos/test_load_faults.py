@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from shipml.serving.predlog import read_predictions
-from tests.chaos.conftest import Load
 from tests.chaos.figures import record
 from tests.conftest import make_project, run_cli
-from tests.serving_helpers import Server
+from tests.serving_helpers import Load, Server
 from tests.test_serving import _customers, _rows
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]

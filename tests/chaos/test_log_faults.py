@@ -17,9 +17,8 @@ import pytest
 import requests
 
 from shipml.serving.predlog import read_predictions
-from tests.chaos.conftest import Load
 from tests.chaos.figures import record
-from tests.serving_helpers import Server
+from tests.serving_helpers import Load, Server
 from tests.test_serving import _customers, _rows, _trained_forest
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
