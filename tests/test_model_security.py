@@ -39,6 +39,7 @@ from shipml.models import keras_backend
 from shipml.models.bagged import BaggedEnsemble
 from shipml.models.catalog import CATALOG, TARGET_TRANSFORM, Family, deep_available
 from shipml.models.trusted import TRUSTED_TYPES
+from tests.chaos.figures import record
 from tests.conftest import run_cli
 from tests.serving_helpers import SHIPML
 from tests.test_store_safety import register_file, registered_project
@@ -256,6 +257,7 @@ def test_crafted_model_files_are_refused_by_the_type_they_name(
         if not untouched(victim):
             failures.append(f"{what}: the victim files were changed")
     assert not failures, "\n".join(failures)
+    record("crafted model files", "kinds refused before anything in them ran", len(CRAFTED))
 
 
 def test_a_crafted_model_file_deletes_nothing_from_a_real_shipml_predict(
@@ -326,3 +328,4 @@ def test_a_network_in_a_crafted_file_imports_no_python_file_outside_the_project(
     assert "Traceback" not in result.all
     assert "outside the project folder" in result.stderr.splitlines()[0], result.stderr
     assert not canary.exists()
+    record("crafted model files", "kinds refused before anything in them ran", 1)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.chaos.figures import record
 from tests.conftest import breast_cancer_frame, make_project
 from tests.serving_helpers import SHIPML
 
@@ -177,6 +178,7 @@ def test_a_disk_that_fills_up_during_train(full_disk_train: FullDiskTrain) -> No
     assert t.registry_after == t.registry_before
     assert t.models_after == t.models_before  # the whole ones only
     assert t.listed.returncode == 0, t.listed.stderr
+    record("a full disk or a read-only folder under the command line", "faults", 1)
 
 
 def test_predict_out_to_a_full_disk_leaves_no_file(project: Path, tmp_path: Path) -> None:
@@ -192,6 +194,7 @@ def test_predict_out_to_a_full_disk_leaves_no_file(project: Path, tmp_path: Path
     scored = tmp_path / "scored.csv"  # on an ordinary disk the same command writes it whole
     assert shipml("predict", source, "--out", scored, "-c", project).returncode == 0
     assert len(pd.read_csv(scored)) == len(rows)
+    record("a full disk or a read-only folder under the command line", "faults", 1)
 
 
 def test_train_and_promote_on_a_read_only_store(project: Path) -> None:
@@ -208,6 +211,7 @@ def test_train_and_promote_on_a_read_only_store(project: Path) -> None:
         assert listed.returncode == 0, listed.stdout + listed.stderr
     assert registry_state(project) == before
     assert run_statuses(project) == runs
+    record("a full disk or a read-only folder under the command line", "faults", 1)
 
 
 def test_monitor_json_to_a_full_disk_leaves_no_file(tmp_path: Path) -> None:
@@ -222,6 +226,7 @@ def test_monitor_json_to_a_full_disk_leaves_no_file(tmp_path: Path) -> None:
         done = shipml("monitor", "--reference", reference, "--current", current, "--json", out)
         one_error_line(done, out, "no space left on the device")
         assert list(out_dir.iterdir()) == []
+    record("a full disk or a read-only folder under the command line", "faults", 1)
 
 
 def test_a_new_project_in_a_read_only_folder_is_a_fault_not_a_config_error(
@@ -236,3 +241,4 @@ def test_a_new_project_in_a_read_only_folder_is_a_fault_not_a_config_error(
         listed = shipml("models", "-c", config)
     line = one_error_line(listed, folder / ".shipml", "read-only")
     assert "tracking_uri" not in listed.stderr, line
+    record("a full disk or a read-only folder under the command line", "faults", 1)

@@ -151,3 +151,4 @@ def test_a_read_only_log_folder_is_not_ready_and_refuses_with_a_reason(
             assert r.status_code == 200, r.text
             assert r.json()["request_id"] in {x["request_id"] for x in read_predictions(folder)}
     assert "Traceback" not in server.log.read_text()
+    record("prediction log on a read-only folder", "refused with 503, then recovered", 1)
