@@ -227,6 +227,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return registered_project(tmp_path_factory.mktemp("model-security"))
 
 
+@pytest.mark.chaos
 def test_crafted_model_files_are_refused_by_the_type_they_name(
     project: Path, tmp_path: Path
 ) -> None:
@@ -260,6 +261,7 @@ def test_crafted_model_files_are_refused_by_the_type_they_name(
     record("crafted model files", "kinds refused before anything in them ran", len(CRAFTED))
 
 
+@pytest.mark.chaos
 def test_a_crafted_model_file_deletes_nothing_from_a_real_shipml_predict(
     project: Path, tmp_path: Path
 ) -> None:
@@ -279,6 +281,7 @@ def test_a_crafted_model_file_deletes_nothing_from_a_real_shipml_predict(
     assert not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.chaos
 def test_an_export_reads_the_types_of_a_crafted_file_and_refuses_it(
     project: Path, tmp_path: Path
 ) -> None:
@@ -304,6 +307,7 @@ def test_a_file_skops_cannot_read_is_a_clear_error(project: Path, tmp_path: Path
         registry.load(Project.load(project).store, version)
 
 
+@pytest.mark.chaos
 def test_a_network_in_a_crafted_file_imports_no_python_file_outside_the_project(
     project: Path, tmp_path: Path
 ) -> None:
