@@ -17,7 +17,7 @@ from shipml.config import FeaturesConfig
 from shipml.data.infer import infer_schema
 from shipml.demo import generate_customers
 from shipml.serving.metrics import CONFIDENCE_BUCKETS, observe_many
-from shipml.serving.requests import RequestModels
+from shipml.serving.requests import RequestModels, feedback_model
 
 MAX_ROWS = 5
 
@@ -171,3 +171,33 @@ def test_batch_request_ids_come_from_the_template_in_row_order(n: int) -> None:
     batch_id = "0123456789abcdef0123456789abcdef"
     ids = json.loads(_batch_ids(n).replace(_ID_HOLE, batch_id.encode()))
     assert ids == [f"{batch_id}-{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("classes", "sent", "taken"),
+    [
+        (["no", "yes"], "yes", "yes"),
+        ([0, 1], 1, 1),
+        ([0, 1], "1", 1),
+        ([1, 2], 2, 2),
+        ([1, 2], "2", 2),
+        (list(range(10)), 9, 9),
+        ([False, True], True, True),  # the schema's own enum value
+        ([False, True], False, False),
+        ([False, True], "True", True),
+        ([0.0, 1.0], 1.0, 1.0),
+    ],
+)
+def test_feedback_takes_each_kind_of_label_as_the_schema_lists_it(
+    classes: list, sent: object, taken: object
+) -> None:
+    model = feedback_model(classes)
+    label = model.model_validate({"request_id": "a", "label": sent}).label
+    assert label == taken and type(label) is type(taken)
+    assert model.model_json_schema()["properties"]["label"]["enum"] == classes
+
+
+@pytest.mark.parametrize(("classes", "sent"), [([0, 1], True), ([1, 2], 3), (["no", "yes"], 1)])
+def test_feedback_refuses_a_label_that_is_not_a_class(classes: list, sent: object) -> None:
+    with pytest.raises(ValidationError, match="not a class of the model"):
+        feedback_model(classes).model_validate({"request_id": "a", "label": sent})

@@ -448,7 +448,11 @@ def feedback_model(classes: list[Any] | None) -> type[FeedbackRequest]:
         listed = ", ".join(str(c) for c in classes[:20])
 
         def to_class(value: Any) -> Any:
-            if isinstance(value, str | int | float) and not isinstance(value, bool):
+            if isinstance(value, bool):  # a model of boolean classes: true/false as sent
+                for c in classes:
+                    if isinstance(c, bool) and c == value:
+                        return c
+            elif isinstance(value, str | int | float):
                 key = category_str(value)
                 if key in by_key:
                     return by_key[key]
