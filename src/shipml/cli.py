@@ -816,6 +816,7 @@ def export_k8s(
     Example: `shipml export k8s --out k8s/ --image registry.example.com/churn:v3 && kubectl apply
     -f k8s/`
     """
+    from shipml.deploy.bundle import loopback_note
     from shipml.deploy.k8s import export_k8s as write
     from shipml.deploy.k8s import with_overrides
 
@@ -825,6 +826,9 @@ def export_k8s(
     )
     for path in write(project, out, deploy):
         console.print(f"  wrote {path}")
+    note = loopback_note(project.config.tracking_uri)
+    if note:
+        console.print(f"[yellow]warning:[/] {note}")
     console.print(f"Apply: kubectl apply -f {out}")
 
 

@@ -280,6 +280,12 @@ class ServingConfig(_Strict):
     max_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000)
     # How often each server process checks whether the champion alias moved.
     reload_interval_s: float = Field(default=2.0, gt=0.0, le=3600.0)
+    # A server whose tracking_uri is a registry server checks it answers before it starts:
+    # each try waits registry_timeout_s, then registry_retry_wait_s before the next, for
+    # 1 + registry_retries tries; `shipml export k8s` gives the startup probe that long too.
+    registry_timeout_s: float = Field(default=5.0, gt=0.0, le=300.0)
+    registry_retries: int = Field(default=5, ge=0, le=100)
+    registry_retry_wait_s: float = Field(default=5.0, ge=0.0, le=600.0)
     # The prediction log reaches the OS before each answer; fsync to disk runs this often.
     fsync_interval_s: float = Field(default=1.0, gt=0.0, le=3600.0)
     # Bearer token for /admin endpoints ($SHIPML_ADMIN_TOKEN wins); unset: they are off.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from shipml import __version__, registry
+from shipml import __version__, registry, registry_reach
 from shipml.deploy.lock import canonical, environment
 from shipml.errors import ConfigError, RegistryError
 from shipml.models.trusted import trusted_types_for
@@ -49,6 +49,23 @@ def pulls_from_registry(tracking_uri: str | None) -> bool:
         return False
     scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower()
     return scheme in SERVER_SCHEMES
+
+
+def loopback_note(tracking_uri: str | None) -> str | None:
+    """A warning when an image would pull its model from a loopback address (127.0.0.1,
+    localhost): inside the container that is the container itself, where no registry runs."""
+    where = registry_reach.address(tracking_uri)
+    if where is None or not where.loopback or not pulls_from_registry(tracking_uri):
+        return None
+    return (
+        f"tracking_uri {registry_reach.without_password(tracking_uri or '')} is a loopback "
+        f"address: inside the container {where.host} is the container itself, where no "
+        "registry runs, so the server cannot start. Set tracking_uri to an address the "
+        "container reaches and export again: Docker, http://host.docker.internal:"
+        f"{where.port} with `docker run --add-host=host.docker.internal:host-gateway`; "
+        "Kubernetes, the registry's Service (http://mlflow.<namespace>.svc:"
+        f"{where.port}); or edit tracking_uri in the exported shipml.yaml / ConfigMap"
+    )
 
 
 def served_config(project: Project) -> str:

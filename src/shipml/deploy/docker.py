@@ -13,6 +13,7 @@ DIR/.shipml/            the champion in a store of its own (see shipml.deploy.bu
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import sys
@@ -28,6 +29,7 @@ from shipml.config import DeployConfig
 from shipml.deploy.bundle import (
     champion,
     check_replaceable,
+    loopback_note,
     pulls_from_registry,
     served_config,
     shipml_wheel,
@@ -37,10 +39,12 @@ from shipml.deploy.bundle import (
 from shipml.deploy.lock import canonical, environment, image_requirements
 from shipml.deploy.output import check_out, out_folder, write_files
 from shipml.errors import ConfigError
+from shipml.registry_reach import budget_s, without_password
 
 if TYPE_CHECKING:
     from shipml.project import Project
 
+START_PERIOD_S = 60  # the HEALTHCHECK's grace to start, the registry wait aside
 USER_ID = 10001  # the image's user; Kubernetes' runAsUser says the same number
 APP_DIR = "/app"
 _DB_DRIVERS = {  # what SQLAlchemy needs for a tracking server's database, first one installed
@@ -120,9 +124,11 @@ def dockerfile(
     version: int | None,
     wheel: str | None,
     registry_uri: str | None = None,
+    registry_wait_s: float = 0.0,
 ) -> str:
     """The Dockerfile's text. ``version`` is the baked-in model's (None: pulled from
-    ``registry_uri`` at start); ``wheel`` the path of shipml's wheel in the build context."""
+    ``registry_uri`` at start, after waiting up to ``registry_wait_s`` for it); ``wheel`` the
+    path of shipml's wheel in the build context."""
     probe = f"http://127.0.0.1:{deploy.port}/health"
     healthcheck = [
         "python",
@@ -133,7 +139,8 @@ def dockerfile(
         name=name,
         baked=version is not None,
         version=version,
-        registry=_without_password(registry_uri or ""),
+        registry=without_password(registry_uri or ""),
+        start_period=START_PERIOD_S + math.ceil(registry_wait_s),
         image=image,
         port=deploy.port,
         python=f"{sys.version_info.major}.{sys.version_info.minor}",
@@ -142,10 +149,6 @@ def dockerfile(
         healthcheck=json.dumps(healthcheck),
         cmd=json.dumps(serve_command(deploy)),
     )
-
-
-def _without_password(uri: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)
 
 
 def _db_driver(uri: str | None) -> list[str]:
@@ -204,6 +207,7 @@ def export_docker(project: Project, out: Path) -> DockerExport:
             champ.version if baked else None,
             wheel_path,
             None if baked else uri,
+            0.0 if baked else budget_s(project.config.serving),
         ),
         out / ".dockerignore": _DOCKERIGNORE.format(store=_STORE_IGNORE if baked else ""),
     }
@@ -220,5 +224,7 @@ def export_docker(project: Project, out: Path) -> DockerExport:
         version=champ.version,
         baked=baked,
         files=written,
-        notes=champ.notes + version_notes(champ),
+        notes=[n for n in (None if baked else loopback_note(uri),) if n]
+        + champ.notes
+        + version_notes(champ),
     )

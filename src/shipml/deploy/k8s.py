@@ -11,6 +11,7 @@ DIR/hpa.yaml          autoscaling/v2 on CPU utilisation between min and max repl
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,11 +24,14 @@ from shipml.deploy.bundle import pulls_from_registry, served_config
 from shipml.deploy.docker import APP_DIR, USER_ID, default_image, resource_name
 from shipml.deploy.output import check_out, out_folder, write_files
 from shipml.errors import ConfigError
+from shipml.registry_reach import budget_s
 
 if TYPE_CHECKING:
     from shipml.project import Project
 
 Manifest = dict[str, Any]
+START_S = 120  # from the container's start to /health answering, the registry aside
+STARTUP_PERIOD_S = 2
 
 
 def with_overrides(deploy: DeployConfig, **overrides: Any) -> DeployConfig:
@@ -97,10 +101,22 @@ def _volumes(name: str, baked: bool) -> tuple[list[Manifest], list[Manifest]]:
     return volumes, mounts
 
 
+def startup_failures(registry_wait_s: float) -> int:
+    """The startup probe's failureThreshold: START_S to start the server, plus the longest it
+    may wait for its registry (registry_reach.budget_s) before it listens."""
+    return math.ceil((START_S + registry_wait_s) / STARTUP_PERIOD_S)
+
+
 def deployment(
-    name: str, deploy: DeployConfig, image: str, version: int | None, config_sha: str
+    name: str,
+    deploy: DeployConfig,
+    image: str,
+    version: int | None,
+    config_sha: str,
+    registry_wait_s: float = 0.0,
 ) -> Manifest:
-    """The Deployment; ``version`` is the baked-in model's (None: pulled at start)."""
+    """The Deployment; ``version`` is the baked-in model's (None: pulled at start, after
+    waiting up to ``registry_wait_s`` for the registry)."""
     volumes, mounts = _volumes(name, baked=version is not None)
     container = {
         "name": "server",
@@ -113,8 +129,9 @@ def deployment(
             "requests": {"cpu": deploy.cpu, "memory": deploy.memory},
             "limits": {"cpu": deploy.cpu_limit, "memory": deploy.memory_limit or deploy.memory},
         },
-        # Loading the model may take a while; liveness starts once /health has answered.
-        "startupProbe": _probe("/health", 2, 60),
+        # Starting (and, pulling the model, reaching the registry) may take a while: liveness
+        # starts once /health has answered.
+        "startupProbe": _probe("/health", STARTUP_PERIOD_S, startup_failures(registry_wait_s)),
         "livenessProbe": _probe("/health", 10, 3),
         "readinessProbe": _probe("/ready", 5, 2),
         # Let the Service stop sending requests before the server drains and exits.
@@ -229,6 +246,7 @@ def export_k8s(project: Project, out: Path, deploy: DeployConfig | None = None) 
     version = registry.resolve(project.store, registry.CHAMPION) if baked else None
     out_folder(out, "Kubernetes manifests")
     image = deploy.image or default_image(project.config.name, version)
+    serving = project.config.serving
     text = served_config(project)
     # PyYAML writes a literal block only for text without trailing spaces or tabs.
     lines = [line.rstrip() for line in text.replace("\t", "    ").splitlines()]
@@ -240,7 +258,7 @@ def export_k8s(project: Project, out: Path, deploy: DeployConfig | None = None) 
             config_map(name, config), f"shipml.yaml of '{project.config.name}'. Apply: {apply}"
         ),
         out / "deployment.yaml": _dump(
-            deployment(name, deploy, image, version, sha),
+            deployment(name, deploy, image, version, sha, 0.0 if baked else budget_s(serving)),
             f"`shipml serve` from {image}"
             + (f" (model version {version} baked in)" if version else " (model pulled at start)"),
         ),

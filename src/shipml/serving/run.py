@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import threading
 import time
 import urllib.request
@@ -16,6 +17,7 @@ from typing import Any
 from shipml import registry
 from shipml.errors import ConfigError
 from shipml.project import Project
+from shipml.registry_reach import wait_for_registry
 from shipml.serving.app import CONFIG_ENV, WORKERS_ENV
 
 FACTORY = "shipml.serving.app:app_from_env"
@@ -33,8 +35,16 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
+def _say(line: str) -> None:
+    # Before uvicorn configures logging: straight to stderr, where a container's log is read.
+    print(line, file=sys.stderr, flush=True)
+
+
 def prepare(project: Project, workers: int) -> str | None:
-    """Environment for the workers; returns a warning to show, if any."""
+    """Environment for the workers; returns a warning to show, if any. With a registry server
+    as tracking_uri, first waits for it to answer (saying where and why), within the budget
+    of serving.registry_*: RegistryError when it does not."""
+    wait_for_registry(project.config.tracking_uri, project.config.serving, _say, project.path.name)
     os.environ[CONFIG_ENV] = str(project.path)
     os.environ[WORKERS_ENV] = str(workers)
     if workers > 1:
