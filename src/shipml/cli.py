@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -187,6 +186,13 @@ def train(
     project = _project(config)
     if trials is not None:
         project.config.training.trials = trials
+    if project.unshared_artifacts:
+        console.print(
+            "[yellow]warning:[/] tracking_uri is a database server, but the artifacts (models, "
+            f"reports) go to {project.root / '.shipml' / 'artifacts'} on this machine only: set "
+            "artifact_location in shipml.yaml (s3://bucket/path, or a shared folder) so other "
+            "machines can load them"
+        )
     try:
         with train_progress() as progress:
             result = project.train(
@@ -242,6 +248,14 @@ def _ref(alias: str, version: int | None) -> str | int:
     return version if version is not None else alias
 
 
+def _check_table_out(out: Path) -> None:
+    """An --out that `predict` cannot write, refused as the command starts."""
+    if not out.name.lower().endswith((".csv", ".parquet", ".pq")):
+        raise ShipmlError(f"--out {out}: use a .csv or .parquet file name")
+    if not out.parent.exists():
+        raise ShipmlError(f"--out {out}: folder {out.parent} does not exist", "create it first")
+
+
 @app.command()
 @handle_errors
 def predict(
@@ -266,6 +280,7 @@ def predict(
     Examples: `shipml predict new.csv --out scored.csv`; for an image model,
     `shipml predict photos/ --out scored.csv` (one row per image: `file`, `prediction`, ...).
     """
+    _check_table_out(out)  # before seconds of loading
     from shipml.scoring import score_input, write_table
 
     project = _project(config)
@@ -331,6 +346,9 @@ def promote(
     """
     project = _project(config)
     previous = project.promote(version)
+    if previous == version:
+        console.print(f"version {version} is already the champion: nothing changed.")
+        return
     was = f" (was version {previous})" if previous is not None else ""
     console.print(f"[bold green]✓[/] version {version} is now the champion{was}.")
 
@@ -383,21 +401,27 @@ def ui(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 5000,
 ) -> None:
-    """Open the MLflow UI on the project's store (runs, metrics, artifacts, registry).
+    """Serve the MLflow UI on the project's store (runs, metrics, artifacts, registry) and
+    print its address: the project's training runs, and its registered model. With an MLflow
+    tracking server as tracking_uri, print the server's own UI instead.
 
-    Example: `shipml ui --port 5000`, then browse http://127.0.0.1:5000
+    Ctrl+C or SIGTERM stops the UI server and all its worker processes.
+
+    Example: `shipml ui --port 5000`, then browse the runs address it prints
     """
-    from shipml import registry
+    from shipml.tracking_ui import serve_until_stopped
 
     project = _project(config)
-    cmd = registry.ui_command(project.store, host, port)
-    console.print(
-        f"MLflow UI for '{project.config.name}' on http://{host}:{port} (Ctrl+C stops it)"
-    )
-    try:
-        raise typer.Exit(subprocess.call(cmd))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    where = project.ui(host, port)
+    name = project.config.name
+    if where.command is None:
+        console.print(f"'{name}' is tracked on the MLflow server {where.base_url}:", markup=False)
+    else:
+        console.print(f"MLflow UI for '{name}' (Ctrl+C stops it):", markup=False)
+    console.print(f"  runs:     {where.runs_url}", markup=False, soft_wrap=True)
+    console.print(f"  registry: {where.models_url}", markup=False, soft_wrap=True)
+    if where.command is not None:
+        raise typer.Exit(serve_until_stopped(where.command))
 
 
 @app.command()

@@ -492,6 +492,10 @@ class ProjectConfig(_Strict):
     target: str
     task: Task | None = None
     tracking_uri: str | None = None
+    # Where runs keep their artifacts (models, reports): a folder (relative to this file) or
+    # an object store (s3://bucket/path). Needed by a team whose tracking_uri is a database
+    # server; default: .shipml/artifacts beside this file (a tracking server decides itself).
+    artifact_location: str | None = None
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)

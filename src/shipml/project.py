@@ -5,11 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from shipml import registry
+from shipml import registry_read
 from shipml.config import ProjectConfig, load_config
+from shipml.data.schema import Schema
 from shipml.errors import RegistryError
+from shipml.registry_read import LoadedModel, LocalRegistry, VersionInfo
+from shipml.tracking_ui import TrackingUi, browse_host
 
 
 def report_file(root: Path, name: str, version: int) -> Path:
@@ -20,6 +24,7 @@ def report_file(root: Path, name: str, version: int) -> Path:
 if TYPE_CHECKING:  # imported where used: `shipml models` need not load scikit-learn's metrics
     import pandas as pd
 
+    from shipml import registry
     from shipml.monitoring.service import MonitorResult
     from shipml.scoring import EvaluationResult, Model
     from shipml.training.search import EventHandler
@@ -42,7 +47,23 @@ class Project:
 
     @cached_property
     def store(self) -> registry.Store:
-        return registry.open_store(self.root, self.config.name, self.config.tracking_uri)
+        return _registry().open_store(
+            self.root, self.config.name, self.config.tracking_uri, self.config.artifact_location
+        )
+
+    @property
+    def _local(self) -> LocalRegistry | None:
+        """The registry read without MLflow, when the store is the project's SQLite file
+        (see shipml.registry_read); None otherwise: then MLflow reads it."""
+        return LocalRegistry.open(self.root, self.config.name, self.config.tracking_uri)
+
+    @property
+    def unshared_artifacts(self) -> bool:
+        """Whether runs are tracked in a database server (a team's) while their artifacts
+        stay on this machine's disk, where no other machine can load them."""
+        return _registry().unshared_artifacts(
+            self.config.tracking_uri, self.config.artifact_location
+        )
 
     def train(
         self,
@@ -57,30 +78,61 @@ class Project:
         ``.shipml/checkpoints/`` instead of starting over."""
         from shipml.training.train import train
 
+        _ = self.store  # creates the experiment where config.artifact_location says
         text = self.path.read_text(encoding="utf-8")
         result = train(self.config, self.root, text, data, time_budget, on_event, resume=resume)
         self.__dict__.pop("store", None)  # training may have created the store
         return result
 
     def load_model(self, ref: str | int = "champion") -> Model:
-        """A registered version by alias ('champion', 'challenger') or number."""
+        """A registered version by alias ('champion', 'challenger') or number.
+
+        In a local store, a version with a fast-inference copy (verified at training, checked
+        here against its registered sha256) is scored by it, without importing MLflow or the
+        model's libraries; otherwise the native model is loaded through MLflow."""
         from shipml.scoring import Model
 
-        return Model(registry.load(self.store, ref))
+        local = self._local
+        if local is not None:
+            version = local.resolve(ref)
+            found = local.fast_copy(version)
+            if found is not None:
+                from shipml.models.fastpipeline import FastPipeline
 
-    def models(self) -> list[registry.VersionInfo]:
-        return registry.list_versions(self.store)
+                blob, meta = found
+                schema = Schema.from_dict(meta.pop("schema"))
+                return Model(LoadedModel(version, FastPipeline.from_bytes(blob), schema, meta))
+            ref = version
+        return Model(_registry().load(self.store, ref))
+
+    def resolve(self, ref: str | int = "champion") -> int:
+        """The version number an alias ('champion', 'challenger') or a number names."""
+        local = self._local
+        if local is not None:
+            return local.resolve(ref)
+        return _registry().resolve(self.store, ref)
+
+    def models(self) -> list[VersionInfo]:
+        local = self._local
+        if local is not None:
+            return local.versions()
+        return _registry().list_versions(self.store)
 
     def champion(self) -> int | None:
-        return registry.champion_version(self.store)
+        local = self._local
+        if local is not None:
+            return local.alias_version(registry_read.CHAMPION)
+        return _registry().champion_version(self.store)
 
     def promote(self, version: int) -> int | None:
-        """Make ``version`` the champion; returns the version it replaced."""
-        return registry.promote(self.store, version)
+        """Make ``version`` the champion; returns the version it replaced (``version`` itself
+        when it already was the champion: nothing changes)."""
+        return _registry().promote(self.store, version)
 
     def rollback(self) -> tuple[int, int]:
-        """Move the champion back to the previous one; returns (from, to)."""
-        return registry.rollback(self.store)
+        """Move the champion back to the previous one; returns (from, to). The version moved
+        from becomes the challenger again, unless another version is the challenger."""
+        return _registry().rollback(self.store)
 
     def predict(
         self, df: pd.DataFrame, ref: str | int = "champion", allow_extra: bool = False
@@ -97,11 +149,11 @@ class Project:
     def report(self, ref: str | int = "champion") -> Path:
         """The HTML training report of a registered version (fetched from its MLflow run when
         it is not in this project's .shipml/reports/)."""
-        version = registry.resolve(self.store, ref)
+        version = self.resolve(ref)
         path = report_file(self.root, self.config.name, version)
         if path.is_file():
             return path
-        if registry.fetch_artifact(self.store, version, f"report/{path.name}", path.parent):
+        if _registry().fetch_artifact(self.store, version, f"report/{path.name}", path.parent):
             return path
         raise RegistryError(
             f"version {version} of '{self.config.name}' has no report",
@@ -125,6 +177,17 @@ class Project:
             return monitor_file(self, Path(current), ref, settings)
         return monitor_log(self, ref, settings, window, since)
 
+    def ui(self, host: str = "127.0.0.1", port: int = 5000) -> TrackingUi:
+        """Where the MLflow UI shows this project: a tracking server's own UI, or the command
+        that serves one on the project's store at ``host:port``."""
+        reg = _registry()
+        store = self.store
+        if reg.is_server(store):
+            return TrackingUi(store.tracking_uri, store.experiment_id, store.model_name, None)
+        base = f"http://{browse_host(host)}:{port}"
+        command = reg.ui_command(store, host, port)
+        return TrackingUi(base, store.experiment_id, store.model_name, command)
+
     def __repr__(self) -> str:
         return f"Project(name={self.config.name!r}, path={str(self.path)!r})"
 
@@ -134,3 +197,11 @@ class Project:
             "config": str(self.path),
             "store": self.store.tracking_uri,
         }
+
+
+def _registry() -> ModuleType:
+    """shipml.registry, imported on first use: it imports MLflow, seconds per process, which
+    the commands that only read a local registry (models, report, predict) never need."""
+    import shipml.registry
+
+    return shipml.registry

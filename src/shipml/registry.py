@@ -36,9 +36,25 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from shipml.data.schema import Schema
+from shipml.data.sources import resolve_sql_url
 from shipml.errors import RegistryError, ShipmlError, environment_fault
 from shipml.models.keras_backend import user_code_only_under
 from shipml.models.trusted import trusted_types_for
+from shipml.registry_read import (
+    CHALLENGER,
+    CHAMPION,
+    FAST_ARTIFACT,
+    FAST_SHA_TAG,
+    LoadedModel,
+    VersionInfo,
+    default_tracking_uri,
+    is_database_uri,
+    local_path,
+    no_alias_error,
+    no_version_error,
+    uri_scheme,
+)
+from shipml.registry_read import SHA_TAG as _SHA_TAG
 
 for _name in ("mlflow", "alembic", "alembic.runtime.migration"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -46,10 +62,7 @@ for _name in ("mlflow", "alembic", "alembic.runtime.migration"):
 # MlflowException (a locked or read-only SQLite store among them): shipml reports it in one line.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 _HISTORY_TAG = "shipml.champion_history"
-_SHA_TAG = "shipml.model_sha256"
 MODEL_REQUIREMENTS = (
     "scikit-learn",
     "skops",
@@ -84,51 +97,53 @@ class Store:
         return Path(self.tracking_uri[len(prefix) :])
 
 
-@dataclass
-class VersionInfo:
-    """One registered model version, as `shipml models` shows it."""
-
-    version: int
-    aliases: list[str]
-    created: float
-    run_id: str
-    tags: dict[str, str]
-
-    @property
-    def test_metrics(self) -> dict[str, float]:
-        return dict(json.loads(self.tags.get("shipml.test_metrics", "{}")))
-
-    @property
-    def family(self) -> str:
-        return self.tags.get("shipml.family", "")
+def tracking_store_uri(uri: str, root: Path) -> str:
+    """The URI MLflow is given for a tracking_uri: a PostgreSQL URL (``postgresql://`` or
+    ``postgres://``) gets the driver shipml installs, as data sources do (SQLAlchemy 2.1 maps
+    a bare ``postgresql://`` to psycopg 3, which shipml does not install)."""
+    if uri_scheme(uri) == "postgres":
+        uri = "postgresql" + uri[len("postgres") :]
+    if uri_scheme(uri) == "postgresql":
+        return resolve_sql_url(uri, root)
+    return uri
 
 
-@dataclass
-class LoadedModel:
-    """A registered model version loaded for scoring, with its input schema."""
+def artifact_root(
+    root: Path, tracking_uri: str | None, artifact_location: str | None
+) -> str | None:
+    """Where the experiment's artifacts go when shipml creates it: ``artifact_location`` (a
+    relative path from the project's folder); with a database as store (SQLite by default),
+    the project's .shipml/artifacts (MLflow would use ./mlruns of whatever folder a command
+    runs in); None for a tracking server, which decides."""
+    if artifact_location:
+        path = local_path(artifact_location)
+        if path is None:
+            return artifact_location  # s3://, gs://, wasbs://, ...
+        return (path if path.is_absolute() else root / path).resolve().as_uri()
+    if tracking_uri is None or is_database_uri(tracking_uri):
+        return (root / ".shipml" / "artifacts").as_uri()
+    return None
 
-    version: int
-    pipeline: Any
-    schema: Schema
-    metadata: dict[str, Any]
 
-    @property
-    def test_metrics(self) -> dict[str, float]:
-        return dict(self.metadata.get("test_metrics", {}))
-
-
-def default_tracking_uri(root: Path) -> str:
-    return f"sqlite:///{(root / '.shipml' / 'mlflow.db').resolve()}"
+def unshared_artifacts(tracking_uri: str | None, artifact_location: str | None) -> bool:
+    """A database server shared by a team as store, the artifacts on this machine's disk."""
+    return (
+        artifact_location is None
+        and is_database_uri(tracking_uri)
+        and uri_scheme(str(tracking_uri)) != "sqlite"
+    )
 
 
-def open_store(root: Path, name: str, tracking_uri: str | None = None) -> Store:
+def open_store(
+    root: Path, name: str, tracking_uri: str | None = None, artifact_location: str | None = None
+) -> Store:
     """Open (creating on first use) the project's tracking store and experiment."""
     root = root.resolve()
     (root / ".shipml").mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri or default_tracking_uri(root)
+    uri = tracking_store_uri(tracking_uri, root) if tracking_uri else default_tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    location = None if tracking_uri else (root / ".shipml" / "artifacts").as_uri()
+    location = artifact_root(root, tracking_uri, artifact_location)
     try:
         with _creation_lock(uri):
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -535,12 +550,12 @@ def champion_version(store: Store) -> int | None:
 
 
 def promote(store: Store, version: int) -> int | None:
-    """Make ``version`` the champion; returns the previous champion."""
+    """Make ``version`` the champion; returns the previous champion (``version`` itself when
+    it already was: nothing changes)."""
     _get_version(store, version)
     previous = champion_version(store)
-    if previous == version:
-        raise RegistryError(f"version {version} is already the champion", None)
-    _move_champion(store, version)
+    if previous != version:
+        _move_champion(store, version)
     return previous
 
 
@@ -561,6 +576,11 @@ def rollback(store: Store) -> tuple[int, int]:
     client = store.client
     client.set_registered_model_alias(store.model_name, CHAMPION, str(target))
     client.set_registered_model_tag(store.model_name, _HISTORY_TAG, ",".join(map(str, history)))
+    # The demoted version stays registered as the challenger (the alias it lost when it was
+    # promoted), unless another version is the challenger now; the champion never holds both.
+    challenger = _alias_version(store, CHALLENGER)
+    if challenger is None or challenger == target:
+        client.set_registered_model_alias(store.model_name, CHALLENGER, str(current))
     return current, target
 
 
@@ -588,11 +608,7 @@ def _get_version(store: Store, version: int) -> Any:
         return store.client.get_model_version(store.model_name, str(version))
     except MlflowException:
         known = [v.version for v in list_versions(store)]
-        shown = ", ".join(map(str, known)) if known else "none yet"
-        raise RegistryError(
-            f"model '{store.model_name}' has no version {version} (versions: {shown})",
-            "`shipml models` lists the versions",
-        ) from None
+        raise no_version_error(store.model_name, version, known) from None
 
 
 def fetch_artifact(store: Store, version: int, artifact: str, dst_dir: Path) -> bool:
@@ -628,14 +644,7 @@ def resolve(store: Store, ref: str | int) -> int:
         return version
     version_or_none = _alias_version(store, str(ref))
     if version_or_none is None:
-        if ref == CHAMPION:
-            raise RegistryError(
-                f"model '{store.model_name}' has no champion yet", "run `shipml train` first"
-            )
-        raise RegistryError(
-            f"model '{store.model_name}' has no version with alias '{ref}'",
-            "use champion, challenger or a version number (`shipml models` lists them)",
-        )
+        raise no_alias_error(store.model_name, str(ref))
     return version_or_none
 
 
@@ -708,10 +717,6 @@ def _unpack(version: int, data: bytes, root: Path) -> Any:
             f"version {version}: the model file cannot be loaded ({type(err).__name__}: {detail})",
             "retrain with `shipml train` in this environment",
         ) from None
-
-
-FAST_ARTIFACT = "fastpath/model.fast"
-FAST_SHA_TAG = "shipml.fast_sha256"
 
 
 def load_fast(store: Store, version: int) -> bytes | None:
@@ -792,11 +797,16 @@ def _sha256(path: Path) -> str:
 
 
 def ui_command(store: Store, host: str, port: int) -> list[str]:
-    """The command line that serves the MLflow UI on the project's store."""
-    import sys
-
+    """The command line that serves the MLflow UI on the project's store (a database: SQLite
+    or a team's server); its artifacts are where the project's experiment keeps them."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.tracking_uri]
     cmd += ["--host", host, "--port", str(port)]
-    if store.tracking_uri.startswith("sqlite:"):
-        cmd += ["--default-artifact-root", (store.shipml_dir / "artifacts").as_uri()]
+    location = store.client.get_experiment(store.experiment_id).artifact_location
+    if location:
+        cmd += ["--default-artifact-root", location]
     return cmd
+
+
+def is_server(store: Store) -> bool:
+    """Whether the store is an MLflow tracking server (which has a UI of its own)."""
+    return uri_scheme(store.tracking_uri) in ("http", "https")
