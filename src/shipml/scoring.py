@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shipml.data.coerce import check_input
+from shipml.data.coerce import Unreadable, check_input
+from shipml.data.labels import to_classes
 from shipml.data.schema import Schema
 from shipml.errors import DataError, InputSchemaError, faults_named
 from shipml.evaluation.metrics import (
@@ -46,11 +48,24 @@ class Model:
     def test_metrics(self) -> dict[str, float]:
         return self._loaded.test_metrics
 
-    def _inputs(self, df: pd.DataFrame, source: str, allow_extra: bool) -> pd.DataFrame:
-        return check_input(df, self.schema, source=source, allow_extra=allow_extra)
+    def _inputs(
+        self,
+        df: pd.DataFrame,
+        source: str,
+        allow_extra: bool,
+        unreadable: list[Unreadable] | None = None,
+    ) -> pd.DataFrame:
+        return check_input(df, self.schema, source, allow_extra, unreadable)
 
-    def _call(self, method: str, df: pd.DataFrame, source: str, allow_extra: bool) -> np.ndarray:
-        X = self._inputs(df, source, allow_extra)
+    def _call(
+        self,
+        method: str,
+        df: pd.DataFrame,
+        source: str,
+        allow_extra: bool,
+        unreadable: list[Unreadable] | None = None,
+    ) -> np.ndarray:
+        X = self._inputs(df, source, allow_extra, unreadable)
         with warnings.catch_warnings(), _unreadable_numbers(X, source):
             warnings.simplefilter("ignore")
             return np.asarray(getattr(self.pipeline, method)(X))
@@ -71,12 +86,16 @@ class Model:
         return self._call("predict_proba", df, source, allow_extra)
 
     def predict_with_proba(
-        self, df: pd.DataFrame, source: str = "input", allow_extra: bool = True
+        self,
+        df: pd.DataFrame,
+        source: str = "input",
+        allow_extra: bool = True,
+        unreadable: list[Unreadable] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Class labels (after the model's decision threshold) and probabilities. A shipml model
         computes its parts' outputs once for both; calling predict and predict_proba would run
-        every fold model twice."""
-        X = self._inputs(df, source, allow_extra)
+        every fold model twice. ``unreadable``: as in ``score``."""
+        X = self._inputs(df, source, allow_extra, unreadable)
         with warnings.catch_warnings(), _unreadable_numbers(X, source):
             warnings.simplefilter("ignore")
             proba = np.asarray(self.pipeline.predict_proba(X))
@@ -85,15 +104,21 @@ class Model:
             return np.asarray(self.pipeline.predict(X)), proba
 
     def score(
-        self, df: pd.DataFrame, source: str = "input", allow_extra: bool = False
+        self,
+        df: pd.DataFrame,
+        source: str = "input",
+        allow_extra: bool = False,
+        unreadable: list[Unreadable] | None = None,
     ) -> pd.DataFrame:
         """The input columns plus `prediction`; for classification also `probability` (of the
-        predicted class) and one `proba_<class>` column per class."""
+        predicted class) and one `proba_<class>` column per class. A value that cannot be read
+        (text in a numeric column, 3 in a yes/no column) raises InputSchemaError; with
+        ``unreadable`` given, it is scored as missing instead and its column is added there."""
         out = df.reset_index(drop=True).copy()
         if self.schema.task != "classification":
-            out["prediction"] = self._call("predict", df, source, allow_extra)
+            out["prediction"] = self._call("predict", df, source, allow_extra, unreadable)
             return out
-        labels, proba = self.predict_with_proba(df, source, allow_extra)
+        labels, proba = self.predict_with_proba(df, source, allow_extra, unreadable)
         classes = self.classes or []
         winner = _class_index(labels, np.asarray(self.pipeline.classes_))
         out["prediction"] = [classes[i] for i in winner]
@@ -128,19 +153,66 @@ def _unreadable_numbers(X: pd.DataFrame, source: str) -> Iterator[None]:
         raise
 
 
-def score_input(model: Model, path: Path, allow_extra: bool = False) -> pd.DataFrame:
-    """Score a CSV/Parquet file, or, for a model trained on images, an image folder (flat or
-    with class sub-folders), one image file or an .npz of `X`: then the output holds the
-    `file` column (not the pixels) plus the predictions."""
-    from shipml.data.images import FILE_COLUMN, ImageSpec, read_images_for_prediction
-    from shipml.data.sources import read_table_file
+@dataclass
+class ScoredFile:
+    """A scored input file: the table to write, the columns whose unreadable values were
+    scored as missing, and the text encoding it was read in where that was not UTF-8."""
 
+    table: pd.DataFrame
+    unreadable: list[Unreadable] = field(default_factory=list)
+    encoding: str | None = None
+
+
+def score_input(
+    model: Model,
+    path: Path,
+    allow_extra: bool = False,
+    strict: bool = False,
+    encoding: str = "auto",
+) -> ScoredFile:
+    """Score a CSV/Parquet file (a CSV in ``encoding``, "auto" to detect it), or, for a model
+    trained on images, an image folder (flat or with class sub-folders), one image file or an
+    .npz of `X`: then the output holds the `file` column (not the pixels) plus the predictions.
+    Values that cannot be read are scored as missing and listed, unless ``strict``: then the
+    first one stops it (InputSchemaError)."""
+    from shipml.data.images import FILE_COLUMN, ImageSpec, read_images_for_prediction
+    from shipml.data.sources import not_utf8, read_table_file
+
+    unreadable: list[Unreadable] | None = None if strict else []
     image = model.schema.image
     if image is None or path.suffix.lower() in (".csv", ".parquet", ".pq", ".tsv", ".txt"):
-        return model.score(read_table_file(path), source=str(path), allow_extra=allow_extra)
+        df = read_table_file(path, encoding=encoding)
+        scored = model.score(df, str(path), allow_extra, unreadable)
+        return ScoredFile(scored, unreadable or [], not_utf8(df.attrs.get("encoding")))
     spec = ImageSpec.from_dict(image)
-    scored = model.score(read_images_for_prediction(path, spec), source=str(path), allow_extra=True)
-    return scored.drop(columns=[c for c in spec.columns if c != FILE_COLUMN])
+    scored = model.score(read_images_for_prediction(path, spec), str(path), True, unreadable)
+    table = scored.drop(columns=[c for c in spec.columns if c != FILE_COLUMN])
+    return ScoredFile(table, unreadable or [])
+
+
+def issues_path(out: Path) -> Path:
+    """Where ``shipml predict --out OUT`` lists the values it scored as missing:
+    ``OUT.issues.json`` beside the output."""
+    return out.with_name(out.name + ".issues.json")
+
+
+def write_issues(scored: ScoredFile, source: str, out: Path) -> Path | None:
+    """Write the unreadable values' counts per column to ``issues_path(out)``, or remove a
+    stale one from an earlier run when there are none; the path written, or None."""
+    path = issues_path(out)
+    if not scored.unreadable:
+        path.unlink(missing_ok=True)
+        return None
+    payload = {
+        "input": source,
+        "output": str(out),
+        "rows": len(scored.table),
+        "unreadable": {u.column: u.count for u in scored.unreadable},
+        "columns": {u.column: u.to_dict() for u in scored.unreadable},
+    }
+    with faults_named(path):
+        path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 @dataclass
@@ -168,20 +240,14 @@ def evaluate(model: Model, df: pd.DataFrame, source: str = "input") -> Evaluatio
     y = df[target]
     if model.schema.task == "classification":
         classes = model.classes or []
-        y = _align_labels(y, classes)
-        unknown = sorted({str(v) for v in y.unique()} - {str(c) for c in classes})
-        if unknown:
-            raise InputSchemaError(
-                f"{source}: target '{target}' has values the model never saw: "
-                f"{', '.join(repr(u) for u in unknown[:5])}",
-                f"the model knows: {', '.join(map(str, classes))}",
-            )
-        # The model's own labels (0/1 stay integers), after its decision threshold.
+        # The labels as the model's classes, of the type it predicts ('2' and 2.0 are 2).
+        labels = to_classes(y, classes, source, target)
+        # The model's own labels, after its decision threshold.
         predictions, proba = model.predict_with_proba(df, source)
-        metrics = classification_metrics(y, predictions, proba, classes)
+        metrics = classification_metrics(labels, predictions, proba, classes)
         extras = {
-            "confusion_matrix": confusion(y, predictions, classes),
-            "classification_report": classification_report_dict(y, predictions, classes),
+            "confusion_matrix": confusion(labels, predictions, classes),
+            "classification_report": classification_report_dict(labels, predictions, classes),
         }
     else:
         y = pd.to_numeric(y, errors="coerce")
@@ -197,12 +263,6 @@ def evaluate(model: Model, df: pd.DataFrame, source: str = "input") -> Evaluatio
         reference=model.test_metrics,
         extras=extras,
     )
-
-
-def _align_labels(y: pd.Series, classes: list[Any]) -> pd.Series:
-    """Labels read from a file may come back as another type than at training ('1' vs 1)."""
-    by_text = {str(c): c for c in classes}
-    return y.map(lambda v: by_text.get(str(v), v))
 
 
 def _class_index(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:

@@ -187,12 +187,16 @@ def test_binary_garbage(tmp_path: Path, name: str) -> None:
     _assert_user_error(info.value, name)
 
 
-def test_not_utf8(tmp_path: Path) -> None:
+def test_not_utf8_is_read_and_a_wrong_data_encoding_is_named(tmp_path: Path) -> None:
     path = tmp_path / "latin.csv"
     path.write_bytes("name,n\nJosé,1\n".encode("latin-1"))
+    df = read_table_file(path)
+    assert df["name"].tolist() == ["José"]
+    assert df.attrs["encoding"] == "cp1252"
     with pytest.raises(DataError) as info:
-        read_table_file(path)
-    _assert_user_error(info.value, "latin.csv", "UTF-8")
+        read_table_file(path, encoding="utf-8")
+    _assert_user_error(info.value, "latin.csv", "not utf-8 text")
+    assert "data.encoding" in (info.value.hint or "")
 
 
 def test_ragged_csv(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +22,33 @@ if TYPE_CHECKING:  # annotations only: monitoring reads data without loading the
 
 BOOL_TRUE = frozenset({"true", "yes", "y", "t", "1", "1.0"})
 BOOL_FALSE = frozenset({"false", "no", "n", "f", "0", "0.0"})
+ISO_FORMAT = "ISO8601"  # a column's date_format for ISO 8601 text (pandas' own name for it)
+
+
+@dataclass
+class Unreadable:
+    """The values of one input column that could not be read, scored as missing instead."""
+
+    column: str
+    expected: str  # what the column takes: "a number", "true/false", "a date/time ..."
+    count: int
+    first_row: int  # 1-based row of the input
+    example: str  # the first value, as shown in messages
+
+    def message(self, source: str = "input") -> str:
+        more = f" and {self.count - 1} more" if self.count > 1 else ""
+        return (
+            f"{source}: column '{self.column}': {self.count} value(s) are not {self.expected} "
+            f"(row {self.first_row}: {self.example}{more}); scored as missing"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "expected": self.expected,
+            "first_row": self.first_row,
+            "example": self.example,
+        }
 
 
 def is_bool_dtype(s: pd.Series) -> bool:
@@ -111,43 +139,65 @@ def _raise_bad_values(
     )
 
 
-def coerce_numeric(s: pd.Series, column: str = "", source: str = "input") -> pd.Series:
-    """float64 Series; values that are not numbers raise InputSchemaError (column, row, value)."""
+def _unreadable(original: pd.Series, bad: pd.Series, column: str, expected: str) -> Unreadable:
+    positions = np.flatnonzero(bad.to_numpy())
+    first = int(positions[0])
+    return Unreadable(column, expected, len(positions), first + 1, show_value(original.iloc[first]))
+
+
+# (value, bad) pairs: the converted column and where the given value could not be read
+Converted = tuple[pd.Series, pd.Series | None]
+
+
+def _numbers(s: pd.Series) -> Converted:
     s = blank_to_missing(s)
     if is_bool_dtype(s) or is_numeric_dtype(s):
-        return s.astype("float64")
+        return s.astype("float64"), None
     out = pd.to_numeric(s.astype(object), errors="coerce")
-    _raise_bad_values(
-        s,
-        s.notna() & out.isna(),
-        column,
-        source,
-        "a number",
-        f"'{column}' is a numeric column: give a number, or leave the cell empty",
-    )
-    return pd.Series(out, index=s.index).astype("float64")
+    return pd.Series(out, index=s.index).astype("float64"), s.notna() & pd.isna(out)
 
 
-def coerce_boolean(s: pd.Series, column: str = "", source: str = "input") -> pd.Series:
-    """float64 Series of 1.0/0.0 (NaN kept): accepts true/false, yes/no, y/n, t/f, 1/0."""
+def _flags(s: pd.Series) -> Converted:
     s = blank_to_missing(s)
     if is_bool_dtype(s):
-        return s.astype("float64")
+        return s.astype("float64"), None
     text = as_category_strings(s)
     lowered = text.where(text.isna(), text.astype(str).str.strip().str.lower())
     is_true = lowered.isin(BOOL_TRUE)
     is_false = lowered.isin(BOOL_FALSE)
-    _raise_bad_values(
-        s,
-        s.notna() & ~is_true & ~is_false,
-        column,
-        source,
-        "true/false",
-        f"'{column}' is a yes/no column: give true/false, yes/no or 1/0, or leave it empty",
-    )
     out = pd.Series(np.nan, index=s.index, dtype="float64")
     out[is_true.to_numpy()] = 1.0
     out[is_false.to_numpy()] = 0.0
+    return out, s.notna() & ~is_true & ~is_false
+
+
+def coerce_numeric(s: pd.Series, column: str = "", source: str = "input") -> pd.Series:
+    """float64 Series; values that are not numbers raise InputSchemaError (column, row, value)."""
+    out, bad = _numbers(s)
+    if bad is not None:
+        _raise_bad_values(
+            blank_to_missing(s),
+            bad,
+            column,
+            source,
+            "a number",
+            f"'{column}' is a numeric column: give a number, or leave the cell empty",
+        )
+    return out
+
+
+def coerce_boolean(s: pd.Series, column: str = "", source: str = "input") -> pd.Series:
+    """float64 Series of 1.0/0.0 (NaN kept): accepts true/false, yes/no, y/n, t/f, 1/0."""
+    out, bad = _flags(s)
+    if bad is not None:
+        _raise_bad_values(
+            blank_to_missing(s),
+            bad,
+            column,
+            source,
+            "true/false",
+            f"'{column}' is a yes/no column: give true/false, yes/no or 1/0, or leave it empty",
+        )
     return out
 
 
@@ -156,57 +206,82 @@ _TZ_SUFFIX = re.compile(
 )
 
 
-def _parse_datetime_group(text: pd.Series) -> pd.Series:
-    out = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+def _parse_datetime_group(text: pd.Series, mixed: bool) -> pd.Series:
+    out = pd.to_datetime(text, format=ISO_FORMAT, errors="coerce", utc=True)
     retry = text.notna() & out.isna()
-    if retry.any():
+    if mixed and retry.any():
         out[retry] = pd.to_datetime(text[retry], format="mixed", errors="coerce", utc=True)
     return out
 
 
-def parse_datetime_text(text: pd.Series) -> pd.Series:
-    """Parse strings to UTC datetimes (ISO 8601 first, then mixed formats); failures are NaT.
+def parse_datetime_text(text: pd.Series, date_format: str | None = None) -> pd.Series:
+    """Parse strings to UTC datetimes; failures are NaT.
 
-    Values with and without a UTC offset are parsed apart: pandas 2.3's ISO 8601 parser applies
-    the offset of an earlier value to later values that have none.
+    ``date_format``: one strftime format for every value (``%d/%m/%Y``), ``ISO8601``, or None:
+    ISO 8601 first, then pandas' mixed formats value by value (what models trained before
+    shipml stored a column's format read). With ISO 8601, values with and without a UTC offset
+    are parsed apart: pandas 2.3's ISO 8601 parser applies the offset of an earlier value to
+    later values that have none.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if date_format not in (None, ISO_FORMAT):
+            return pd.to_datetime(text, format=date_format, errors="coerce", utc=True)
+        mixed = date_format is None
         present = text.notna()
         has_tz = present & text.where(present, "").astype(str).str.contains(_TZ_SUFFIX)
         if not has_tz.any() or has_tz.sum() == present.sum():
-            return _parse_datetime_group(text)
+            return _parse_datetime_group(text, mixed)
         out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
-        out[has_tz] = _parse_datetime_group(text[has_tz])
+        out[has_tz] = _parse_datetime_group(text[has_tz], mixed)
         naive = present & ~has_tz
-        out[naive] = _parse_datetime_group(text[naive])
+        out[naive] = _parse_datetime_group(text[naive], mixed)
     return out
 
 
-def coerce_datetime(s: pd.Series, column: str = "", source: str = "input") -> pd.Series:
-    """datetime64[ns] Series (time zones converted to UTC, then dropped); bad values raise."""
+def date_expected(date_format: str | None) -> str:
+    """What a date/time column takes, for messages: 'a date/time (format %d/%m/%Y)'."""
+    if date_format is None:
+        return "a date/time"
+    shown = "ISO 8601, e.g. 2024-01-31" if date_format == ISO_FORMAT else date_format
+    return f"a date/time in the format {shown}"
+
+
+def _dates(s: pd.Series, column: str, source: str, date_format: str | None) -> Converted:
     s = blank_to_missing(s)
     if is_datetime_dtype(s):
         if getattr(s.dt, "tz", None) is not None:
             s = s.dt.tz_convert("UTC").dt.tz_localize(None)
         try:
-            return s.astype("datetime64[ns]")
+            return s.astype("datetime64[ns]"), None
         except (pd.errors.OutOfBoundsDatetime, OverflowError, ValueError):
             raise InputSchemaError(
                 f"{source}: column '{column}' has dates outside 1677-2262",
                 "use dates between the years 1677 and 2262, or leave them empty",
             ) from None
     text = as_category_strings(s)
-    out = parse_datetime_text(text)
-    _raise_bad_values(
-        s,
-        text.notna() & out.isna(),
-        column,
-        source,
-        "a date/time",
-        f"'{column}' is a date/time column: give a date such as 2024-01-31, or leave it empty",
-    )
-    return out.dt.tz_localize(None).astype("datetime64[ns]")
+    out = parse_datetime_text(text, date_format)
+    return out.dt.tz_localize(None).astype("datetime64[ns]"), text.notna() & out.isna()
+
+
+def coerce_datetime(
+    s: pd.Series, column: str = "", source: str = "input", date_format: str | None = None
+) -> pd.Series:
+    """datetime64[ns] Series (time zones converted to UTC, then dropped); bad values raise.
+    ``date_format``: the column's format (see ``parse_datetime_text``)."""
+    out, bad = _dates(s, column, source, date_format)
+    if bad is not None:
+        example = "2024-01-31" if date_format in (None, ISO_FORMAT) else date_format
+        _raise_bad_values(
+            blank_to_missing(s),
+            bad,
+            column,
+            source,
+            date_expected(date_format),
+            f"'{column}' is a date/time column: give a date such as {example}, or leave it "
+            "empty (data.date_format in shipml.yaml sets the format at training)",
+        )
+    return out
 
 
 def coerce_categorical(s: pd.Series, column: str = "", source: str = "input") -> pd.Series:
@@ -232,11 +307,35 @@ def _column(df: pd.DataFrame, name: str, source: str) -> pd.Series:
     return values
 
 
-def coerce_frame(df: pd.DataFrame, schema: Schema, source: str = "input") -> pd.DataFrame:
+def _lenient(
+    s: pd.Series, role: str, name: str, source: str, date_format: str | None
+) -> tuple[pd.Series, Unreadable | None]:
+    """A column converted with what cannot be read as missing, and what that was."""
+    if role == "numeric":
+        (out, bad), expected = _numbers(s), "a number"
+    elif role == "boolean":
+        (out, bad), expected = _flags(s), "true/false"
+    elif role == "datetime":
+        (out, bad), expected = _dates(s, name, source, date_format), date_expected(date_format)
+    else:
+        return COERCERS[role](s, name, source), None
+    if bad is None or not bad.any():
+        return out, None
+    return out, _unreadable(blank_to_missing(s), bad, name, expected)
+
+
+def coerce_frame(
+    df: pd.DataFrame,
+    schema: Schema,
+    source: str = "input",
+    unreadable: list[Unreadable] | None = None,
+) -> pd.DataFrame:
     """The model's input columns, in schema order, with the types training and predict share.
 
     numeric -> float64, boolean -> float64 1/0, categorical -> object strings, datetime ->
-    datetime64[ns]; missing values stay missing. The index of ``df`` is kept.
+    datetime64[ns] (in the column's stored date format); missing values stay missing. The index
+    of ``df`` is kept. A value that cannot be read raises InputSchemaError, unless
+    ``unreadable`` is given: then it becomes missing and each such column is added to it.
     """
     missing = [c for c in schema.input_columns if c not in df.columns]
     if missing:
@@ -244,10 +343,19 @@ def coerce_frame(df: pd.DataFrame, schema: Schema, source: str = "input") -> pd.
             f"{source}: {_missing_text(missing)} that the model needs",
             "add the column(s); `shipml` expects the columns of the training table",
         )
-    out = {
-        name: COERCERS[schema.columns[name].role](_column(df, name, source), name, source)
-        for name in schema.input_columns
-    }
+    out: dict[str, pd.Series] = {}
+    for name in schema.input_columns:
+        info = schema.columns[name]
+        values = _column(df, name, source)
+        date_format = getattr(info, "date_format", None)
+        if unreadable is not None:
+            out[name], problem = _lenient(values, info.role, name, source, date_format)
+            if problem is not None:
+                unreadable.append(problem)
+        elif info.role == "datetime":
+            out[name] = coerce_datetime(values, name, source, date_format)
+        else:
+            out[name] = COERCERS[info.role](values, name, source)
     return pd.DataFrame(out, index=df.index, columns=schema.input_columns)
 
 
@@ -298,9 +406,14 @@ def _missing_text(columns: list[str]) -> str:
 
 
 def check_input(
-    df: pd.DataFrame, schema: Schema, source: str = "input", allow_extra: bool = False
+    df: pd.DataFrame,
+    schema: Schema,
+    source: str = "input",
+    allow_extra: bool = False,
+    unreadable: list[Unreadable] | None = None,
 ) -> pd.DataFrame:
-    """Check a table given to a model and return its input columns, coerced (see coerce_frame)."""
+    """Check a table given to a model and return its input columns, coerced (see coerce_frame;
+    with ``unreadable``, values that cannot be read are scored as missing and listed there)."""
     if len(df) == 0:
         raise InputSchemaError(f"{source}: no rows", "give at least one data row")
     missing = [c for c in schema.input_columns if c not in df.columns]
@@ -320,4 +433,4 @@ def check_input(
             "(not in the training data)",
             "remove it, or pass --allow-extra to ignore unknown columns",
         )
-    return coerce_frame(df, schema, source)
+    return coerce_frame(df, schema, source, unreadable)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from shipml.config import FeaturesConfig
 from shipml.data.coerce import (
     COERCERS,
+    ISO_FORMAT,
     as_category_strings,
     blank_to_missing,
     category_str,
+    coerce_datetime,
     coerce_target,
     is_bool_dtype,
     is_datetime_dtype,
@@ -24,15 +28,19 @@ from shipml.data.coerce import (
 )
 from shipml.data.images import FILE_COLUMN, ImageSpec
 from shipml.data.schema import ColumnInfo, Role, Schema, Task
+from shipml.data.sources import not_utf8
 from shipml.errors import DataError, InputSchemaError
 
+# Yes/no spellings; numbers that happen to be 0 and 1 are numbers (a later 3 is then a number,
+# not an unreadable yes/no).
 _BOOL_PAIRS = (
     frozenset({"true", "false"}),
     frozenset({"yes", "no"}),
     frozenset({"y", "n"}),
     frozenset({"t", "f"}),
-    frozenset({"1", "0"}),
 )
+DateFormats = str | dict[str, str] | None  # data.date_format: one for all, or per column
+_DATE_GUESSES = 20  # distinct values whose layout pandas guesses
 ROLE_KEYS: tuple[str, ...] = ("exclude", "numeric", "categorical", "boolean", "datetime", "text")
 NOTE_USER_EXCLUDED = "listed in features.exclude"
 MAX_STORED_CATEGORIES = 50
@@ -80,6 +88,67 @@ def _boolean_pair(present: pd.Series) -> bool:
         return False
     lowered = frozenset(category_str(v).strip().lower() for v in uniques)
     return lowered in _BOOL_PAIRS
+
+
+def _format_of(date_formats: DateFormats, name: str) -> str | None:
+    if isinstance(date_formats, dict):
+        return date_formats.get(name)
+    return date_formats
+
+
+def _date_hint(name: str, example: str) -> str:
+    return (
+        f'set data.date_format in shipml.yaml, e.g. `date_format: {{{name}: "{example}"}}` '
+        "(a strftime format), or write the dates as ISO 8601 (2024-01-31)"
+    )
+
+
+def infer_date_format(text: pd.Series, name: str) -> str:
+    """The one format every date of a text column is read with: ISO8601, or the strftime
+    format pandas guesses from the values (day first or month first) that reads all of them.
+    A column that two formats read differently (04/05/2023 with no day above 12) or that no
+    single format reads (mixed layouts) raises DataError naming the column and
+    data.date_format."""
+    values = pd.Series(pd.unique(text.dropna().astype(str).str.strip()), dtype=object)
+    if parse_datetime_text(values, ISO_FORMAT).notna().all():
+        return ISO_FORMAT
+    candidates: set[str] = set()
+    with warnings.catch_warnings():  # (pandas warns when dayfirst disagrees with the value)
+        warnings.simplefilter("ignore")
+        for value in values.iloc[:_DATE_GUESSES]:
+            for dayfirst in (False, True):
+                guessed = guess_datetime_format(value, dayfirst=dayfirst)
+                if guessed is not None:
+                    candidates.add(guessed)
+    readings: dict[str, pd.Series] = {}
+    for fmt in sorted(candidates):
+        parsed = parse_datetime_text(values, fmt)
+        if parsed.notna().all() and not any(parsed.equals(p) for p in readings.values()):
+            readings[fmt] = parsed
+    if len(readings) == 1:
+        return next(iter(readings))
+    if len(readings) > 1:
+        first, second = list(readings)[:2]
+        differ = np.flatnonzero((readings[first] != readings[second]).to_numpy())
+        example = str(values.iloc[int(differ[0])]) if len(differ) else str(values.iloc[0])
+        raise DataError(
+            f"column '{name}': dates such as '{example}' read as {first} and as {second} "
+            "(no value settles which comes first): ambiguous",
+            _date_hint(name, "%d/%m/%Y"),
+        )
+    best, read = "", -1
+    for fmt in sorted(candidates):
+        n_read = int(parse_datetime_text(values, fmt).notna().sum())
+        if n_read > read:
+            best, read = fmt, n_read
+    misfit = values[parse_datetime_text(values, best).isna()] if best else values
+    shown = f"'{misfit.iloc[0]}'"
+    if best:
+        shown = f"'{values[parse_datetime_text(values, best).notna()].iloc[0]}' and {shown}"
+    raise DataError(
+        f"column '{name}' mixes date formats (such as {shown}): no one format reads every date",
+        _date_hint(name, best or "%d/%m/%Y"),
+    )
 
 
 def _all_numbers(present: pd.Series) -> bool:
@@ -214,8 +283,8 @@ def _safe_nunique(s: pd.Series) -> int | None:
 def _check_pinned(s: pd.Series, name: str, role: str, where: str) -> None:
     """A column pinned as numeric/boolean/datetime must convert; say which value does not."""
     coerce = COERCERS.get(role)
-    if coerce is None or role in ("categorical", "text"):
-        return
+    if coerce is None or role in ("categorical", "text", "datetime"):
+        return  # (a date column's values are checked against its format: _date_format)
     try:
         coerce(s, name, "training data")
     except InputSchemaError as err:
@@ -225,8 +294,33 @@ def _check_pinned(s: pd.Series, name: str, role: str, where: str) -> None:
         ) from None
 
 
-def infer_column(s: pd.Series, name: str, pinned: tuple[str, str] | None = None) -> ColumnInfo:
-    """The ColumnInfo of one column: its pinned role (role, config key) or an inferred one."""
+def _date_format(s: pd.Series, name: str, given: str | None) -> str | None:
+    """The date format of a datetime column read from text (None for real datetimes): the one
+    given in data.date_format (checked against the values), or the inferred one."""
+    if is_datetime_dtype(s):
+        return None
+    text = as_category_strings(s.dropna())
+    if given is None:
+        return infer_date_format(text, name)
+    try:
+        coerce_datetime(text, name, "training data", given)
+    except InputSchemaError as err:
+        raise DataError(
+            f"data.date_format '{given}' does not read column '{name}': "
+            + err.message.removeprefix("training data: "),
+            "fix data.date_format in shipml.yaml, or the dates",
+        ) from None
+    return given
+
+
+def infer_column(
+    s: pd.Series,
+    name: str,
+    pinned: tuple[str, str] | None = None,
+    date_formats: DateFormats = None,
+) -> ColumnInfo:
+    """The ColumnInfo of one column: its pinned role (role, config key) or an inferred one;
+    a date column read from text gets its format (``date_formats``: data.date_format)."""
     s = blank_to_missing(s)
     missing_share = float(s.isna().mean()) if len(s) else 0.0
     n_unique = _safe_nunique(s)
@@ -252,7 +346,12 @@ def infer_column(s: pd.Series, name: str, pinned: tuple[str, str] | None = None)
     else:
         role, note = _infer_role(s, name, n_unique)
     categories = _top_categories(s) if role in ("categorical", "boolean") else None
-    return ColumnInfo(name, role, str(s.dtype), missing_share, n_unique, categories, note)
+    date_format = (
+        _date_format(s, name, _format_of(date_formats, name)) if role == "datetime" else None
+    )
+    return ColumnInfo(
+        name, role, str(s.dtype), missing_share, n_unique, categories, note, date_format
+    )
 
 
 def infer_schema(
@@ -260,14 +359,20 @@ def infer_schema(
     target: str,
     task: Task | None = None,
     features: FeaturesConfig | None = None,
+    date_formats: DateFormats = None,
 ) -> Schema:
-    """Infer every column's role (config pins win), the task and the classes of the target."""
+    """Infer every column's role (config pins win), the task and the classes of the target.
+    ``date_formats`` (data.date_format; by default ``df.attrs["date_format"]``, which
+    shipml.data.sources.load_table sets): how text dates are read. The CSV's encoding
+    (``df.attrs["encoding"]``) is recorded where it is not UTF-8."""
     if target not in df.columns:
         raise DataError(
             f"target column '{target}' is not in the data ({_some_columns(df)})",
             "fix `target` in shipml.yaml or pass --target COLUMN",
         )
     features = features or FeaturesConfig()
+    if date_formats is None:
+        date_formats = df.attrs.get("date_format")
     pinned = _pinned_roles(df, target, features)
     image = df.attrs.get("image")
     if image:  # pixels are numbers, however few values they take; the file name is an id
@@ -279,7 +384,7 @@ def infer_schema(
     for name in df.columns:
         if name == target:
             continue
-        columns[str(name)] = infer_column(df[name], str(name), pinned.get(str(name)))
+        columns[str(name)] = infer_column(df[name], str(name), pinned.get(str(name)), date_formats)
     y = blank_to_missing(df[target]).dropna()
     task = task or infer_task(y)
     classes = target_classes(coerce_target(y, task)) if task == "classification" else None
@@ -290,4 +395,5 @@ def infer_schema(
         classes=classes,
         derived=dict(features.derived),
         image=dict(image) if image else None,
+        encoding=not_utf8(df.attrs.get("encoding")),
     )

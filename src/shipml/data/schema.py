@@ -28,6 +28,10 @@ class ColumnInfo:
     n_unique: int = 0
     categories: list[str] | None = None  # most frequent values, for categorical/boolean columns
     note: str = ""  # why the role was chosen, shown by `shipml init`
+    # datetime columns read from text: the one format every value is parsed with ("ISO8601"
+    # or a strftime format such as "%d/%m/%Y"); None for models that predate it (parsed value
+    # by value, as they were trained)
+    date_format: str | None = None
 
 
 @dataclass
@@ -40,6 +44,7 @@ class Schema:
     classes: list[Any] | None = None
     derived: dict[str, str] = field(default_factory=dict)
     image: dict[str, Any] | None = None  # shipml.data.images.ImageSpec of an image data set
+    encoding: str | None = None  # the training file's text encoding, where it was not UTF-8
 
     def columns_with(self, role: str) -> list[str]:
         return [c.name for c in self.columns.values() if c.role == role]
@@ -61,6 +66,7 @@ class Schema:
             "classes": self.classes,
             "derived": dict(self.derived),
             "image": self.image,
+            "encoding": self.encoding,
             "columns": [asdict(c) for c in self.columns.values()],
         }
 
@@ -74,4 +80,5 @@ class Schema:
             classes=data.get("classes"),
             derived=dict(data.get("derived") or {}),
             image=data.get("image"),
+            encoding=data.get("encoding"),
         )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 
@@ -54,7 +56,87 @@ def _file_kind(path: Path) -> str | None:
     return None
 
 
-def _csv_separator(path: Path) -> str:
+AUTO_ENCODING = "auto"
+_UTF8_NAMES = frozenset({"utf-8", "utf8", "utf-8-sig", "ascii"})
+_SAMPLE_BYTES = 1 << 20  # what the detector looks at; the chosen codec then reads the whole file
+
+
+def _open_bytes(path: Path) -> IO[bytes]:
+    if path.name.lower().endswith(".gz"):
+        return gzip.GzipFile(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
+
+
+def _decodes(path: Path, encoding: str) -> bool:
+    """Whether the whole file is valid text in ``encoding`` (read in blocks)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    try:
+        with _open_bytes(path) as handle:
+            while block := handle.read(_SAMPLE_BYTES):
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def _western(text: str) -> bool:
+    """Whether text decoded as Windows-1252 reads as a Western language: its words with
+    accents mostly hold plain letters too (José, Zürich, été), where Cyrillic, Greek or Arabic
+    bytes read that way give longer words of accented letters only (Ìîñêâà)."""
+    accented = [w for w in _WORD.findall(text) if not w.isascii()]
+    odd = sum(len(w) >= 4 and not any(c.isascii() for c in w) for w in accented)
+    return odd <= len(accented) / 2
+
+
+def detect_encoding(path: str | Path) -> str:
+    """The text encoding of a CSV file: UTF-8 (``utf-8-sig`` with a byte-order mark), UTF-16
+    with a byte-order mark, else Windows-1252 (what Excel writes "CSV" in, in Western locales;
+    Latin-1's printable characters and €) where the text reads as a Western language, else
+    charset-normalizer's guess, else Latin-1, which reads any bytes.
+
+    charset-normalizer is not asked first: on short tables of names and numbers it often names
+    a neighbouring codec (cp1250, cp775, even an Arabic one) that reads the accents wrong.
+    """
+    path = Path(path)
+    with _open_bytes(path) as handle:
+        sample = handle.read(_SAMPLE_BYTES)
+    if sample.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    if _decodes(path, "utf-8"):
+        return "utf-8"
+    if _western(sample.decode("cp1252", errors="replace")) and _decodes(path, "cp1252"):
+        return "cp1252"
+    # (imported here: it adds tens of milliseconds to every command, and only files that are
+    # not UTF-8 need it)
+    import charset_normalizer
+
+    # Its candidates, best first; a Windows code page first of all (what Excel writes).
+    guesses = [str(match.encoding) for match in charset_normalizer.from_bytes(sample)]
+    for guess in sorted(guesses, key=lambda name: not name.startswith("cp125")):
+        if _decodes(path, guess):
+            return guess
+    return "latin-1"
+
+
+def not_utf8(encoding: str | None) -> str | None:
+    """``encoding`` where it is worth saying (not UTF-8 or ASCII), else None."""
+    if encoding is None or encoding.lower().replace("_", "-") in _UTF8_NAMES:
+        return None
+    return encoding
+
+
+def file_encoding(path: Path, encoding: str = AUTO_ENCODING) -> str:
+    """The encoding a CSV file is read with: ``encoding``, or the detected one for "auto"."""
+    return detect_encoding(path) if encoding == AUTO_ENCODING else encoding
+
+
+def _csv_separator(path: Path, encoding: str = "utf-8") -> str:
     """Tab for .tsv. Otherwise comma (pandas' default), unless the header line has no comma but
     has tabs or semicolons (as spreadsheet programs in many locales write CSV)."""
     name = path.name.lower()
@@ -63,7 +145,7 @@ def _csv_separator(path: Path) -> str:
     if name.endswith(".gz"):
         return ","
     try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
+        with path.open(encoding=encoding, errors="replace") as handle:
             header = handle.readline()
     except OSError:
         return ","
@@ -114,7 +196,7 @@ def _checked_kind(path: Path, from_config: bool = False) -> str:
 
 
 @contextmanager
-def _reading(path: Path, kind: str) -> Iterator[None]:
+def _reading(path: Path, kind: str, encoding: str = "utf-8") -> Iterator[None]:
     """Turn the errors of reading a data file into DataErrors that name the file and the fix."""
     try:
         yield
@@ -122,10 +204,11 @@ def _reading(path: Path, kind: str) -> Iterator[None]:
         raise DataError(
             f"{path}: the file is empty (no columns)", "give a file with a header row and data rows"
         ) from None
-    except UnicodeDecodeError as err:
+    except UnicodeError as err:
+        where = f" (byte {err.start})" if isinstance(err, UnicodeDecodeError) else ""
         raise DataError(
-            f"{path}: not UTF-8 text (byte {err.start}): cannot read it as CSV",
-            "save the file as UTF-8 CSV, or as Parquet",
+            f"{path}: not {encoding} text{where}: cannot read it as CSV",
+            "set data.encoding in shipml.yaml to the file's encoding (e.g. cp1252), or to auto",
         ) from None
     except pd.errors.ParserError as err:
         raise DataError(
@@ -152,10 +235,12 @@ def _reading(path: Path, kind: str) -> Iterator[None]:
         raise
 
 
-def _csv_header_duplicates(path: Path, sep: str) -> None:
+def _csv_header_duplicates(path: Path, sep: str, encoding: str) -> None:
     """Refuse a CSV whose header names a column twice: pandas would read the second as
     ``name.1`` and the user's config would silently point at only one of them."""
-    header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+    header = pd.read_csv(
+        path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False, encoding=encoding
+    )
     names = [str(v).strip() for v in header.iloc[0]] if len(header) else []
     seen: dict[str, int] = {}
     for position, name in enumerate(names, start=1):
@@ -178,27 +263,40 @@ def _checked_frame(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     return _clean_columns(df, str(path))
 
 
-def read_table_file(path: str | Path, from_config: bool = False) -> pd.DataFrame:
+def read_table_file(
+    path: str | Path, from_config: bool = False, encoding: str = AUTO_ENCODING
+) -> pd.DataFrame:
     """Read a CSV (.csv, .tsv, .txt, optionally .gz) or Parquet (.parquet, .pq) file;
-    ``from_config``: the path is shipml.yaml's `data.path` (for the error's hint)."""
+    ``from_config``: the path is shipml.yaml's `data.path` (for the error's hint). A CSV is
+    read in ``encoding`` ("auto": see ``detect_encoding``); the one used is in
+    ``df.attrs["encoding"]``."""
     path = Path(path)
     kind = _checked_kind(path, from_config)
-    with _reading(path, kind):
+    used = encoding
+    with _reading(path, kind, encoding):
         if kind == "parquet":
             df = pd.read_parquet(path)
         else:
-            sep = _csv_separator(path)
-            df = pd.read_csv(path, sep=sep, low_memory=False)
-            _csv_header_duplicates(path, sep)
-    return _checked_frame(df, path)
+            used = file_encoding(path, encoding)
+            sep = _csv_separator(path, used)
+            df = pd.read_csv(path, sep=sep, low_memory=False, encoding=used)
+            _csv_header_duplicates(path, sep, used)
+    df = _checked_frame(df, path)
+    if kind == "csv":
+        df.attrs["encoding"] = used
+    return df
 
 
-def iter_table_file(path: str | Path, chunk_rows: int = 200_000) -> Iterator[pd.DataFrame]:
+def iter_table_file(
+    path: str | Path, chunk_rows: int = 200_000, encoding: str = AUTO_ENCODING
+) -> Iterator[pd.DataFrame]:
     """The rows of a CSV or Parquet file in chunks of at most ``chunk_rows``, so a file of any
-    size is read in bounded memory; the same checks and messages as ``read_table_file``."""
+    size is read in bounded memory; the same checks and messages as ``read_table_file`` (a
+    CSV's encoding is in each chunk's ``attrs["encoding"]``)."""
     path = Path(path)
     kind = _checked_kind(path)
-    with _reading(path, kind):
+    used = encoding
+    with _reading(path, kind, encoding):
         batches: Iterable[pd.DataFrame]
         if kind == "parquet":
             import pyarrow.parquet as pq
@@ -208,12 +306,18 @@ def iter_table_file(path: str | Path, chunk_rows: int = 200_000) -> Iterator[pd.
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
             )
         else:
-            sep = _csv_separator(path)
-            _csv_header_duplicates(path, sep)
-            batches = pd.read_csv(path, sep=sep, low_memory=False, chunksize=chunk_rows)
+            used = file_encoding(path, encoding)
+            sep = _csv_separator(path, used)
+            _csv_header_duplicates(path, sep, used)
+            batches = pd.read_csv(
+                path, sep=sep, low_memory=False, chunksize=chunk_rows, encoding=used
+            )
         first = True
         for chunk in batches:
-            yield _checked_frame(chunk, path) if first else _clean_columns(chunk, str(path))
+            out = _checked_frame(chunk, path) if first else _clean_columns(chunk, str(path))
+            if kind == "csv":
+                out.attrs["encoding"] = used
+            yield out
             first = False
         if first:
             raise DataError(
@@ -403,7 +507,7 @@ def _read_sql(
 def load_table(source: DataConfig, base_dir: Path, target: str = "label") -> pd.DataFrame:
     """Load the training table from a file (relative to base_dir), an image folder or .npz
     (one row per image: pixel columns and ``target``; the ImageSpec in ``df.attrs["image"]``),
-    or a SQL query."""
+    or a SQL query. ``data.date_format`` goes along in ``df.attrs["date_format"]``."""
     if source.path:
         path = Path(source.path).expanduser()
         if not path.is_absolute():
@@ -420,12 +524,16 @@ def load_table(source: DataConfig, base_dir: Path, target: str = "label") -> pd.
                 )
             df.attrs["image"] = spec.to_dict()
             return df
-        return read_table_file(path, from_config=True)
-    if not source.url or not source.query:
+        df = read_table_file(path, from_config=True, encoding=source.encoding)
+    elif not source.url or not source.query:
         raise DataSourceError(
             "data: give 'path', or 'url' and 'query'", "fix the `data` section of shipml.yaml"
         )
-    return _read_sql(source.url, source.query, Path(base_dir))
+    else:
+        df = _read_sql(source.url, source.query, Path(base_dir))
+    if source.date_format is not None:  # read by shipml.data.infer.infer_schema
+        df.attrs["date_format"] = source.date_format
+    return df
 
 
 def read_sql_past(source: DataConfig, base_dir: Path, column: str, value: Any) -> pd.DataFrame:

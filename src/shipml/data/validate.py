@@ -20,6 +20,7 @@ from shipml.data.coerce import (
 from shipml.data.infer import NOTE_USER_EXCLUDED, infer_column, infer_schema, infer_task
 from shipml.data.leakage import LEAKAGE_FOLDS, single_feature_scores
 from shipml.data.schema import MODEL_ROLES, ColumnInfo, Schema
+from shipml.data.sources import not_utf8
 from shipml.errors import DataError
 
 Level = Literal["fatal", "warning", "info"]
@@ -301,6 +302,16 @@ def validate_table(
     """Run every check on the training table; problems become findings, never exceptions."""
     n_rows, n_columns = int(df.shape[0]), int(df.shape[1])
     findings: list[Finding] = []
+    encoding = not_utf8(df.attrs.get("encoding"))
+    if encoding is not None:
+        findings.append(
+            Finding(
+                "encoding",
+                "info",
+                f"the file is not UTF-8: read as {encoding} (data.encoding in shipml.yaml "
+                "sets it, should its accents look wrong)",
+            )
+        )
     has_target = target in df.columns
     if not has_target:
         findings.append(

@@ -5,6 +5,9 @@ its type, and for categorical columns the categories seen in training. Validatio
 where a wrong value would silently predict nonsense (a string for a number, NaN or inf, a missing
 or unknown field: 422 naming the field) and lenient where the model copes (an unseen category is
 scored as the encoder scores unseen values; null is a missing value, imputed as in training).
+In /predict/batch a value its column cannot read (text for a number, 3 for true/false) is
+scored as missing and counted per column in the answer's ``unreadable``, so one odd value does
+not fail the batch; ``"strict": true`` in the body makes it a 422 instead.
 Beyond types (``RequestLimits``): text is at most serving.max_string_length characters, and a
 number of a numeric column lies within the column's bounds (by default the training range
 widened by serving.input_bounds.margin), checked in the decoders themselves (msgspec's and
@@ -33,14 +36,19 @@ from pydantic import (
     StrictInt,
     StrictStr,
     StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
+    WrapValidator,
     create_model,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from shipml.config import InputBoundsConfig
-from shipml.data.coerce import BOOL_FALSE, BOOL_TRUE, category_str
+from shipml.data.coerce import BOOL_FALSE, BOOL_TRUE, ISO_FORMAT, category_str, date_expected
+from shipml.data.coerce import parse_datetime_text as parse_dates
 from shipml.data.schema import Schema
 
 MAX_SHOWN_CATEGORIES = 50
@@ -96,13 +104,29 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _datetime_text(value: Any, max_length: int | None = None) -> Any:
+def _datetime_text(
+    value: Any, max_length: int | None = None, date_format: str | None = None
+) -> Any:
+    """Date/time text as it is scored: for a column with a stored format (``date_format``),
+    parsed in that format and given on as naive ISO 8601 (UTC), which the scoring path reads
+    the same way whatever the format was; for older models, the text as sent."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise ValueError("must be a date/time string, e.g. 2024-05-01 or 2024-05-01T12:30:00")
     if max_length is not None and len(value) > max_length:
-        raise ValueError(f"String should have at most {max_length} characters")
+        raise PydanticCustomError(
+            "string_too_long",
+            "String should have at most {max_length} characters",
+            {"max_length": max_length},
+        )
+    if not value.strip():
+        return None
+    if date_format is not None:
+        stamp = parse_dates(pd.Series([value], dtype=object), date_format).iloc[0]
+        if stamp is pd.NaT:
+            raise ValueError(f"'{value[:40]}' is not {date_expected(date_format)}")
+        return stamp.tz_localize(None).isoformat()
     try:
         stamp = pd.Timestamp(value)
     except (ValueError, OverflowError) as err:
@@ -168,11 +192,14 @@ def _field(schema: Schema, name: str, limits: RequestLimits) -> tuple[Any, Any]:
     if info.role == "datetime":
         longest = limits.max_string
 
-        def datetime_text(value: Any) -> Any:
-            return _datetime_text(value, longest)
+        date_format = info.date_format
 
+        def datetime_text(value: Any) -> Any:
+            return _datetime_text(value, longest, date_format)
+
+        shown = "ISO text" if date_format in (None, ISO_FORMAT) else f"text as {date_format}"
         return Annotated[StrictStr | None, BeforeValidator(datetime_text)], Field(
-            ..., alias=name, description="date/time as ISO text; null: missing"
+            ..., alias=name, description=f"date/time as {shown}; null: missing"
         )
     categories = [str(c) for c in (info.categories or [])][:MAX_SHOWN_CATEGORIES]
     shown = ", ".join(categories)
@@ -186,6 +213,42 @@ def _field(schema: Schema, name: str, limits: RequestLimits) -> tuple[Any, Any]:
         ),
         examples=categories[:3] or None,
     )
+
+
+# Errors of the request limits (serving.max_string_length, serving.input_bounds): a value past
+# them is refused even where unreadable values are scored as missing.
+_LIMIT_ERRORS = frozenset({"string_too_long", "greater_than_equal", "less_than_equal"})
+
+
+@dataclass(frozen=True)
+class Unread:
+    """A value of a batch row that its column could not read (scored as missing)."""
+
+    column: str
+    message: str
+
+
+def _lenient(annotation: Any, column: str) -> Any:
+    """``annotation`` with a value it cannot read kept as ``Unread`` instead of an error
+    (but values past the request limits are still errors)."""
+
+    def read(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as err:
+            errors = err.errors()
+            if any(e["type"] in _LIMIT_ERRORS for e in errors):
+                raise
+            return Unread(column, str(errors[0]["msg"]) if errors else "cannot be read")
+
+    return Annotated[annotation, WrapValidator(read)]
+
+
+class ColumnValues(list[list[Any]]):
+    """Rows' values, one list per column, and how many values per column could not be read
+    and were scored as missing (``unreadable``: column -> count, only columns with any)."""
+
+    unreadable: dict[str, int]
 
 
 def _example(schema: Schema) -> dict[str, Any]:
@@ -218,6 +281,10 @@ class RequestModels:
         limits = limits or RequestLimits()
         self.limits = limits
         fields = {f"c{i}": _field(schema, name, limits) for i, name in enumerate(self.columns)}
+        lenient = {
+            key: (_lenient(annotation, name), info)
+            for (key, (annotation, info)), name in zip(fields.items(), self.columns, strict=True)
+        }
         example = _example(schema)
         self.features: type[BaseModel] = create_model(  # type: ignore[call-overload]
             "Features",
@@ -227,6 +294,12 @@ class RequestModels:
                 json_schema_extra={"examples": [example]},
             ),
             **fields,
+        )
+        # A batch row: what a column cannot read is kept as Unread (see ``values``).
+        lenient_model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+            "BatchFeatures",
+            __config__=ConfigDict(extra="forbid", populate_by_name=False),
+            **lenient,
         )
         columns = self.columns
         features_model = self.features
@@ -248,6 +321,7 @@ class RequestModels:
             return value
 
         Row = Annotated[features_model, BeforeValidator(as_mapping)]  # type: ignore[valid-type]
+        BatchRow = Annotated[lenient_model, BeforeValidator(as_mapping)]  # type: ignore[valid-type]
 
         class PredictRequest(BaseModel):
             model_config = ConfigDict(
@@ -279,12 +353,33 @@ class RequestModels:
             model_config = ConfigDict(
                 extra="forbid", json_schema_extra={"examples": [{"instances": [example]}]}
             )
-            instances: list[Row] = Field(  # type: ignore[valid-type]
+            instances: list[BatchRow] = Field(  # type: ignore[valid-type]
                 ...,
                 min_length=1,
                 max_length=max_batch_rows,
-                description=f"1 to {max_batch_rows} rows, each like /predict's features",
+                description=f"1 to {max_batch_rows} rows, each like /predict's features; a "
+                "value its column cannot read is scored as missing and counted in the "
+                "answer's `unreadable`",
             )
+            strict: bool = Field(
+                False,
+                description="true: refuse the batch (422) at a value its column cannot read, "
+                "instead of scoring it as missing",
+            )
+
+            @model_validator(mode="after")
+            def _strict(self) -> Any:
+                if self.strict:
+                    rows: list[BaseModel] = self.instances
+                    for i, row in enumerate(rows):
+                        for value in row.__dict__.values():
+                            if isinstance(value, Unread):
+                                raise ValueError(
+                                    f"instances.{i}.{value.column}: {value.message} (strict: "
+                                    "true refuses the batch; without it the value is scored "
+                                    "as missing)"
+                                )
+                return self
 
         self.batch = BatchRequest
         self.feedback = feedback_model(None if schema.task != "classification" else classes)
@@ -312,10 +407,20 @@ class RequestModels:
         data = features.__dict__
         return [data[f"c{i}"] for i in range(len(self.columns))]
 
-    def values(self, rows: list[BaseModel]) -> list[list[Any]]:
-        """Validated rows as one list of values per column, in column order."""
+    def values(self, rows: list[BaseModel]) -> ColumnValues:
+        """Validated rows as one list of values per column, in column order; values a column
+        could not read (batch rows) become None, counted in the result's ``unreadable``."""
         dicts = [row.__dict__ for row in rows]
-        return [[d[f"c{i}"] for d in dicts] for i in range(len(self.columns))]
+        out = ColumnValues()
+        out.unreadable = {}
+        for i, name in enumerate(self.columns):
+            column = [d[f"c{i}"] for d in dicts]
+            unread = sum(isinstance(v, Unread) for v in column)
+            if unread:
+                out.unreadable[name] = unread
+                column = [None if isinstance(v, Unread) else v for v in column]
+            out.append(column)
+        return out
 
 
 _FINITE = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
@@ -377,7 +482,9 @@ def _fast_decoders(
         gc=False,  # only scalars: no reference cycle, and a 1,000-row batch adds no GC work
     )
     instances = Annotated[list[row], msgspec.Meta(min_length=1, max_length=max_rows)]  # type: ignore[valid-type]
-    batch = msgspec.defstruct("Batch", [("instances", instances)], forbid_unknown_fields=True)
+    batch = msgspec.defstruct(
+        "Batch", [("instances", instances), ("strict", bool, False)], forbid_unknown_fields=True
+    )
     predict = msgspec.defstruct("Predict", [("features", row)], forbid_unknown_fields=True)
     return msgspec.json.Decoder(batch), (
         None if schema.image is not None else msgspec.json.Decoder(predict)
@@ -478,9 +585,11 @@ def frame_from_columns(columns: dict[str, Any], order: list[str]) -> pd.DataFram
 
 __all__ = [
     "Bounds",
+    "ColumnValues",
     "FeedbackRequest",
     "RequestLimits",
     "RequestModels",
+    "Unread",
     "bounds_message",
     "feedback_model",
     "frame_from_columns",
