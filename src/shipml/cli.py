@@ -273,29 +273,47 @@ def predict(
     allow_extra: Annotated[
         bool, typer.Option(help="Carry columns the model has never seen through to the output.")
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse the whole input at the first value that cannot be read, instead of "
+            "scoring it as missing (listed in OUT.issues.json).",
+        ),
+    ] = False,
 ) -> None:
     """Score a file with a registered model: the input columns plus `prediction`, and for
     classification `probability` and one `proba_<class>` column per class.
+
+    A value a column cannot read (text in a numeric column, 3 in a yes/no column) is scored as
+    missing, with a warning and a count per column in `OUT.issues.json`; `--strict` refuses.
 
     Examples: `shipml predict new.csv --out scored.csv`; for an image model,
     `shipml predict photos/ --out scored.csv` (one row per image: `file`, `prediction`, ...).
     """
     _check_table_out(out)  # before seconds of loading
-    from shipml.scoring import score_input, write_table
+    from shipml.scoring import score_input, write_issues, write_table
 
     project = _project(config)
     model = project.load_model(_ref(alias, version))
-    scored = score_input(model, input, allow_extra)
+    result = score_input(model, input, allow_extra, strict, project.config.data.encoding)
+    scored = result.table
     write_table(scored, out)
+    issues = write_issues(result, str(input), out)
     counts = (
         scored["prediction"].value_counts().head(5)
         if model.schema.task == "classification"
         else None
     )
+    read_as = f" (read as {result.encoding})" if result.encoding else ""
     console.print(
-        f"[bold green]✓[/] scored {len(scored):,} rows of {input} with version {model.version} "
-        f"→ {out}"
+        f"[bold green]✓[/] scored {len(scored):,} rows of {input}{read_as} with version "
+        f"{model.version} → {out}"
     )
+    for problem in result.unreadable:
+        console.print(f"! {problem.message(str(input))}", style="yellow", markup=False)
+    if issues is not None:
+        console.print(f"  counts per column: {issues} (pass --strict to refuse such input instead)")
     if counts is not None:
         console.print("  predictions: " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
 

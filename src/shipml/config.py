@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,36 @@ class DataConfig(_Strict):
     # SQL: a column that grows with new rows (a timestamp, an id). `shipml retrain` extracts
     # only the rows past the highest value of the last promoted retrain.
     watermark_column: str | None = None
+    # Text encoding of CSV files: "auto" reads UTF-8 (with or without a byte-order mark) and
+    # otherwise detects it (Windows-1252/Latin-1 for Western text); or a codec name ("cp1252").
+    encoding: str = "auto"
+    # How text dates are read: one strftime format for every date column ("%d/%m/%Y"), or one
+    # per column ({order_date: "%d/%m/%Y"}); columns not named get one format inferred.
+    date_format: str | dict[str, str] | None = None
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        if value != "auto":
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(
+                    f"unknown encoding '{value}': use auto, or a codec name such as utf-8, "
+                    "cp1252 or latin-1"
+                ) from None
+        return value
+
+    @field_validator("date_format")
+    @classmethod
+    def _strftime_format(cls, value: str | dict[str, str] | None) -> Any:
+        for fmt in [value] if isinstance(value, str) else (value or {}).values():
+            if fmt != "ISO8601" and "%" not in fmt:
+                raise ValueError(
+                    f"'{fmt}' is not a date format: give a strftime format such as %d/%m/%Y "
+                    "(or ISO8601)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

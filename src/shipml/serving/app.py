@@ -789,6 +789,8 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
             answer["probabilities"] = probabilities_json
         answer["model_version"] = str(served.version)
         answer["request_ids"] = msgspec.Raw(_batch_ids(n).replace(_ID_HOLE, batch_id.encode()))
+        # values per column that could not be read, scored as missing (requests.ColumnValues)
+        answer["unreadable"] = getattr(values, "unreadable", None) or {}
         latency = time.perf_counter() - started
         inputs: dict[str, list[Any]] | msgspec.Raw
         if strict_body is None:
