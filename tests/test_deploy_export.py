@@ -511,7 +511,7 @@ def test_docker_export_serves_the_champion_without_the_project(
             os.replace(away, store)  # the project's scoring, to compare with
             assert _predict_like_the_project(url, trained) == "2"
             metrics = requests.get(url + "/metrics", timeout=10).text
-            assert 'shipml_predictions_total{model_version="2"} 8.0' in metrics
+            assert 'shipml_predictions_total{model="train",model_version="2"} 8.0' in metrics
     finally:
         if away.exists():
             os.replace(away, store)

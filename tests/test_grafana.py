@@ -1,10 +1,13 @@
-"""`shipml export grafana`: the dashboard's JSON model, its provisioning files, and its panel
-queries run against a real Prometheus server that scrapes the service's own metrics."""
+"""`shipml export grafana`: the dashboard's JSON model, its provisioning files, its Prometheus
+scrape config (checked by promtool), and its panel queries run against a real Prometheus server
+that scrapes the service's own metrics (two services of two models: test_metrics_model_label)."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +21,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from shipml.deploy.grafana import METRIC_NAMES, dashboard, export_grafana
+from shipml.deploy.grafana import METRIC_NAMES, dashboard, export_grafana, scrape_config
 from shipml.errors import ConfigError, ShipmlError
 from shipml.monitoring.drift import detect_drift
 from shipml.serving.metrics import ServingMetrics
@@ -26,7 +29,8 @@ from tests.serving_helpers import Prometheus, free_port
 
 NAME = "churn"
 SERIES = re.compile(r"\bshipml_[A-Za-z0-9_:]*")
-# The series shipml_model_info and the errors (no model_version label) are not filtered.
+# The series shipml_model_info and the errors (no model_version label) are not filtered by
+# version; every series is filtered by model.
 UNFILTERED = {"shipml_model_info", "shipml_prediction_errors_total"}
 
 
@@ -63,14 +67,14 @@ def _exposed(registry: CollectorRegistry) -> set[str]:
 
 def _served_metrics() -> ServingMetrics:
     """The service's metrics after a few predictions of model version 3 and one error."""
-    metrics = ServingMetrics()
+    metrics = ServingMetrics(NAME)
     metrics.served("3", "lightgbm", "onnx")
     predictions, latency, confidence = metrics.children("3")
     predictions.inc(4)
     for seconds, proba in [(0.003, 0.55), (0.004, 0.65), (0.02, 0.9), (0.2, 0.99)]:
         latency.observe(seconds)
         confidence.observe(proba)
-    metrics.errors.labels(kind="bad_request").inc()
+    metrics.error("bad_request")
     rng = np.random.default_rng(0)
     reference = pd.DataFrame(
         {"age": rng.normal(40, 10, 2000), "plan": rng.choice(["a", "b"], 2000)}
@@ -135,6 +139,7 @@ def test_queries_use_only_known_series_and_show_every_metric() -> None:
         names = set(SERIES.findall(expr))
         assert names, f"{title}: {expr} queries no shipml series"
         assert names <= set(METRIC_NAMES), f"{title}: unknown {names - set(METRIC_NAMES)}"
+        assert expr.count('model="$model"') == expr.count("shipml_"), f"{title}: {expr}"
         if names - UNFILTERED:
             assert 'model_version=~"$model_version"' in expr, f"{title}: {expr}"
         used |= names
@@ -147,14 +152,23 @@ def test_metric_names_are_the_ones_the_service_exposes() -> None:
     assert set(METRIC_NAMES) <= exposed, f"not served: {set(METRIC_NAMES) - exposed}"
 
 
-def test_every_panel_uses_the_datasource_and_model_version_variables() -> None:
+def test_every_panel_uses_the_datasource_model_and_model_version_variables() -> None:
     board = dashboard(NAME)
     variables = _variables(board)
     source = variables["datasource"]
     assert (source["type"], source["query"]) == ("datasource", "prometheus")
+    model = variables["model"]
+    assert model["type"] == "query"
+    assert model["query"] == "label_values(shipml_model_info, model)"
+    assert model["multi"] is False and model["includeAll"] is False  # never two models summed
+    assert model["current"] == {"text": NAME, "value": NAME}
     version = variables["model_version"]
     assert version["type"] == "query"
-    assert version["query"] == "label_values(shipml_predictions_total, model_version)"
+    assert (
+        version["query"] == 'label_values(shipml_predictions_total{model="$model"}, model_version)'
+    )
+    names = [v["name"] for v in board["templating"]["list"]]
+    assert names.index("model") < names.index("model_version")  # versions of the chosen model
     assert version["multi"] is True and version["includeAll"] is True
     assert version["datasource"]["uid"] == "${datasource}"
     for panel in _panels(board):
@@ -169,7 +183,14 @@ def test_export_writes_the_dashboard_and_provisioning(tmp_path: Path) -> None:
     dashboard_file = out / "shipml-churn-dashboard.json"
     providers_file = out / "provisioning" / "dashboards" / "shipml.yaml"
     sources_file = out / "provisioning" / "datasources" / "prometheus.yaml"
-    assert written == [dashboard_file, providers_file, sources_file]
+    scrape_file = out / "prometheus.yml"
+    assert written == [dashboard_file, providers_file, sources_file, scrape_file]
+    scrape = yaml.safe_load(scrape_file.read_text())
+    [job] = scrape["scrape_configs"]
+    assert job["job_name"] == "shipml-churn" and job["metrics_path"] == "/metrics"
+    assert job["static_configs"] == [{"targets": ["churn:8000"]}]
+    assert export_grafana(out, NAME, port=9000)[-1] == scrape_file
+    assert "churn:9000" in scrape_file.read_text()
     assert json.loads(dashboard_file.read_text()) == dashboard(NAME)
     assert dashboard_file.read_text().startswith('{\n  "')  # indented, for diffs
     providers = yaml.safe_load(providers_file.read_text())
@@ -203,7 +224,11 @@ def test_export_to_a_file_is_a_user_error(tmp_path: Path) -> None:
 
 def _concrete(expr: str) -> str:
     """An expression as Grafana sends it with every model version selected."""
-    return expr.replace("$model_version", ".*").replace("[$__rate_interval]", "[5m]")
+    return (
+        expr.replace("$model_version", ".*")
+        .replace("$model", NAME)
+        .replace("[$__rate_interval]", "[5m]")
+    )
 
 
 @pytest.mark.integration
@@ -242,3 +267,34 @@ def test_every_panel_query_runs_on_a_real_prometheus(tmp_path: Path) -> None:
         prometheus.close()
         exporter.shutdown()
         exporter.server_close()
+
+
+def _promtool(config: Path) -> str:
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install -y prometheus)")
+    done = subprocess.run(
+        [binary, "check", "config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def test_the_scrape_config_passes_promtool_and_its_kubernetes_job_parses(tmp_path: Path) -> None:
+    text = scrape_config(NAME, "churn:8000")
+    (tmp_path / "prometheus.yml").write_text(text)
+    assert "SUCCESS" in _promtool(tmp_path / "prometheus.yml")
+    # The commented Kubernetes job, uncommented into scrape_configs, is valid as well.
+    commented = [line for line in text.splitlines() if line.startswith(("# - ", "#   "))]
+    assert commented[0] == "# - job_name: shipml-churn-pods"
+    uncommented = "\n".join(line[2:] for line in commented)
+    (tmp_path / "k8s.yml").write_text(text + uncommented + "\n")
+    loaded = yaml.safe_load((tmp_path / "k8s.yml").read_text())
+    assert [j["job_name"] for j in loaded["scrape_configs"]] == [
+        "shipml-churn",
+        "shipml-churn-pods",
+    ]
+    pods = loaded["scrape_configs"][1]
+    assert pods["kubernetes_sd_configs"] == [{"role": "pod"}]
+    assert pods["relabel_configs"][0]["regex"] == "churn"  # the label `export k8s` sets
+    # (Debian's promtool is built without Kubernetes discovery: only its YAML is checked.)

@@ -163,13 +163,14 @@ def test_the_server_log_monitored_and_its_drift_gauges(project: Path, tmp_path: 
         while time.monotonic() < deadline:
             metrics = server.get("/metrics").text
             gauges = _gauges(metrics)
-            if 'shipml_drift_window_rows{model_version="1"} 60.0' in metrics and gauges:
+            window = 'shipml_drift_window_rows{model="train",model_version="1"} 60.0'
+            if window in metrics and gauges:
                 break
             time.sleep(0.3)
         else:
             raise AssertionError("no drift gauges on /metrics within 30 s")
-        assert 'shipml_dataset_drift{model_version="1"} 1.0' in metrics
-        assert 'shipml_drift_detected{column="age",model_version="1"} 1.0' in metrics
+        assert 'shipml_dataset_drift{model="train",model_version="1"} 1.0' in metrics
+        assert 'shipml_drift_detected{column="age",model="train",model_version="1"} 1.0' in metrics
     out = tmp_path / "log.json"
     report = tmp_path / "evidently.html"
     result = run_cli(

@@ -314,7 +314,7 @@ def test_metrics_count_predictions_per_version(server: Server, served_project: P
     def count() -> float:
         text = server.get("/metrics").text
         for line in text.splitlines():
-            if line.startswith('shipml_predictions_total{model_version="1"}'):
+            if line.startswith('shipml_predictions_total{model="train",model_version="1"}'):
                 return float(line.split()[-1])
         return 0.0
 
@@ -325,12 +325,11 @@ def test_metrics_count_predictions_per_version(server: Server, served_project: P
     server.post("/predict/batch", {"instances": rows})
     assert count() == before + 8
     text = server.get("/metrics").text
-    assert 'shipml_prediction_confidence_bucket{le="0.99",model_version="1"}' in text
+    assert 'shipml_prediction_confidence_bucket{le="0.99",model="train",model_version="1"}' in text
     assert "shipml_prediction_latency_seconds_count" in text
-    assert (
-        'shipml_model_info{family="random_forest",inference="fast",model_version="1"} 1.0' in text
-    )
-    assert 'shipml_prediction_errors_total{kind="bad_request"}' in text
+    info = 'family="random_forest",inference="fast",model="train",model_version="1"'
+    assert f"shipml_model_info{{{info}}} 1.0" in text
+    assert 'shipml_prediction_errors_total{kind="bad_request",model="train"}' in text
 
 
 def test_admin_reload_needs_the_token(served_project: Path) -> None:

@@ -217,7 +217,7 @@ def test_rate_limits_per_client_answer_429_with_a_reason(config: Path, row: dict
         ]
         assert [r.status_code for r in feedback] == [200, 200, 200, 429]
         metrics = running.get("/metrics").text
-        assert 'shipml_prediction_errors_total{kind="rate_limited"} 2.0' in metrics
+        assert 'shipml_prediction_errors_total{kind="rate_limited",model="train"} 2.0' in metrics
         document = running.get("/openapi.json").json()
         assert "429" in document["paths"]["/feedback"]["post"]["responses"]
         assert "429" in document["paths"]["/predict"]["post"]["responses"]

@@ -776,17 +776,20 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Folder to write into (creat
 @handle_errors
 def export_grafana(out: OutOpt, config: ConfigOpt = Path("shipml.yaml")) -> None:
     """A Grafana dashboard of the service's Prometheus metrics (traffic, errors, latency,
-    confidence, drift), with provisioning files for Grafana and a Prometheus data source.
+    confidence, drift), with provisioning files for Grafana and a Prometheus data source, and
+    DIR/prometheus.yml: a Prometheus scrape config for the service.
 
-    Mount DIR/provisioning at /etc/grafana/provisioning and the dashboard JSON at
-    /var/lib/grafana/dashboards; set the Prometheus URL in provisioning/datasources.
+    Every series carries model="<name>": the dashboard shows one model at a time ($model), so
+    one Prometheus may scrape several services. Mount DIR/provisioning at
+    /etc/grafana/provisioning and the dashboard JSON at /var/lib/grafana/dashboards; set the
+    Prometheus URL in provisioning/datasources and the service's address in prometheus.yml.
 
     Example: `shipml export grafana --out grafana/`
     """
     from shipml.deploy.grafana import export_grafana as write
 
     project = _project(config)
-    for path in write(out, project.config.name):
+    for path in write(out, project.config.name, project.config.deploy.port):
         console.print(f"  wrote {path}")
 
 

@@ -109,9 +109,9 @@ def test_a_full_disk_answers_503_loses_no_answered_prediction_and_recovers(
             assert len(answered) >= 100
             # Only what was answered is counted as a prediction; the refusals as errors.
             assert _metric(server, "shipml_predictions_total{") == len(answered)
-            errors = _metric(server, 'shipml_prediction_errors_total{kind="log_unavailable"}')
+            errors = _metric(server, 'shipml_prediction_errors_total{kind="log_unavailable",')
             assert errors == refused
-            assert _metric(server, 'shipml_prediction_errors_total{kind="internal"}') == 0
+            assert _metric(server, 'shipml_prediction_errors_total{kind="internal",') == 0
             lines = _whole_lines(folder)
             filler.unlink()  # space returns
             assert _wait_ready(server, 200)["ready"] is True

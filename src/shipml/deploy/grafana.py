@@ -1,5 +1,9 @@
 """`shipml export grafana`: a Grafana dashboard over the metrics `shipml serve` exposes, with
-the provisioning files that load it (and a Prometheus data source) when Grafana starts."""
+the provisioning files that load it (and a Prometheus data source) when Grafana starts, and a
+Prometheus scrape config for the service.
+
+Every series carries ``model`` (the project's name): the dashboard's ``$model`` variable picks
+one model and every query is filtered by it, so one Prometheus may scrape many services."""
 
 from __future__ import annotations
 
@@ -12,10 +16,12 @@ from typing import Any
 
 import yaml
 
+from shipml.deploy.docker import resource_name
 from shipml.errors import ConfigError
 
 # Every series the dashboard may query, as Prometheus stores them (prometheus_client adds _total
-# to counters and _bucket/_sum/_count to histograms). Panel expressions use no other name.
+# to counters and _bucket/_sum/_count to histograms). Panel expressions use no other name. Each
+# also carries {model}, the project's name.
 METRIC_NAMES: tuple[str, ...] = (
     "shipml_predictions_total",  # {model_version}
     "shipml_prediction_latency_seconds_bucket",  # {model_version, le}
@@ -32,12 +38,14 @@ METRIC_NAMES: tuple[str, ...] = (
     "shipml_drift_share",  # {model_version}
     "shipml_drift_window_rows",  # {model_version}
 )
+SCRAPE_FILE = "prometheus.yml"
 
 DASHBOARDS_PATH = "/var/lib/grafana/dashboards"
 PROMETHEUS_URL = "http://prometheus:9090"
 _DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_MV = 'model_version=~"$model_version"'
+_MODEL = 'model="$model"'
+_MV = f'{_MODEL},model_version=~"$model_version"'
 
 
 def _rate(series: str, by: str = "model_version", match: str = _MV) -> str:
@@ -111,7 +119,7 @@ def _panels() -> list[dict[str, Any]]:
     return [
         _panel("table", "Model in service", "none", (0, 0, 12, 6),
             "The model version each replica serves, with its family and inference path.",
-            [("shipml_model_info == 1", "")], **_TABLE),
+            [(f"shipml_model_info{{{_MODEL}}} == 1", "")], **_TABLE),
         _panel("stat", "Dataset drift", "none", (12, 0, 4, 6),
             "Whether the data of the latest drift window drifted as a whole (0 = no, 1 = yes).",
             [(f"max(shipml_dataset_drift{{{_MV}}})", "")], defaults=_YES_NO, **_STAT),
@@ -127,7 +135,7 @@ def _panels() -> list[dict[str, Any]]:
         _panel("timeseries", "Errors by kind", "reqps", (12, 6, 12, 8),
             "Requests answered with an error, per second, by kind (bad_request, "
             "body_too_large, not_ready, unsupported_media_type, internal).",
-            [("sum by (kind) (rate(shipml_prediction_errors_total[5m]))", "{{kind}}")]),
+            [(_rate("shipml_prediction_errors_total", "kind", _MODEL), "{{kind}}")]),
         _panel("timeseries", "Latency", "s", (0, 14, 12, 8),
             "Time from request received to answer ready, per request: p50, p95 and p99.",
             [(f"histogram_quantile({q / 100}, {_LATENCY})", f"p{q} {_V}") for q in (50, 95, 99)]),
@@ -160,7 +168,8 @@ def dashboard(name: str) -> dict[str, Any]:
     panels = copy.deepcopy(_panels())  # no nested object shared between panels
     for number, panel in enumerate(panels, start=1):
         panel["id"] = number
-    version_query = "label_values(shipml_predictions_total, model_version)"
+    model_query = "label_values(shipml_model_info, model)"
+    version_query = f"label_values(shipml_predictions_total{{{_MODEL}}}, model_version)"
     return {
         "uid": _uid(name),
         "title": f"shipml — {name}",
@@ -180,6 +189,20 @@ def dashboard(name: str) -> dict[str, Any]:
                     "type": "datasource",
                     "query": "prometheus",
                     "current": {},
+                },
+                {
+                    # One model at a time: versions of two models are never added up.
+                    "name": "model",
+                    "label": "Model",
+                    "type": "query",
+                    "datasource": dict(_DATASOURCE),
+                    "definition": model_query,
+                    "query": model_query,
+                    "refresh": 2,
+                    "multi": False,
+                    "includeAll": False,
+                    "current": {"text": name, "value": name},
+                    "sort": 1,
                 },
                 {
                     "name": "model_version",
@@ -212,8 +235,54 @@ _DATASOURCES_HEADER = f"""\
 """
 
 
-def export_grafana(out: Path, name: str) -> list[Path]:
-    """Write the dashboard and the Grafana provisioning files under `out`; the written paths."""
+def scrape_config(name: str, target: str) -> str:
+    """prometheus.yml: one job scraping the service of project `name` at `target` (host:port)
+    every 15 s, and (commented out) the Kubernetes job that finds its pods instead."""
+    config = {
+        "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
+        "scrape_configs": [
+            {
+                "job_name": f"shipml-{name}",
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [target]}],
+            }
+        ],
+    }
+    return (
+        _SCRAPE_HEADER.format(name=name, target=target)
+        + yaml.safe_dump(config, sort_keys=False)
+        + _SCRAPE_KUBERNETES.format(name=name, app=resource_name(name))
+    )
+
+
+_SCRAPE_HEADER = """\
+# Prometheus: scrape `shipml serve` of '{name}' (GET /metrics). Every series carries
+# model="{name}", so one Prometheus may scrape several services: add each export's job to
+# scrape_configs, and pick the model in the dashboard. Set `targets` to where the service
+# answers ({target} is its name in docker compose); check with `promtool check config`.
+"""
+_SCRAPE_KUBERNETES = """\
+# In Kubernetes, instead of static_configs, find the pods `shipml export k8s` runs by their
+# labels and prometheus.io/* annotations:
+# - job_name: shipml-{name}-pods
+#   kubernetes_sd_configs: [{{role: pod}}]
+#   relabel_configs:
+#     - source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_name]
+#       regex: {app}
+#       action: keep
+#     - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
+#       regex: "true"
+#       action: keep
+#     - source_labels: [__address__, __meta_kubernetes_pod_annotation_prometheus_io_port]
+#       regex: ([^:]+)(?::\\d+)?;(\\d+)
+#       replacement: $1:$2
+#       target_label: __address__
+"""
+
+
+def export_grafana(out: Path, name: str, port: int = 8000) -> list[Path]:
+    """Write the dashboard, the Grafana provisioning files and a Prometheus scrape config (of
+    the service on `port`) under `out`; the written paths."""
     if not _NAME.fullmatch(name):
         raise ConfigError(
             f"project name {name!r} cannot name a dashboard file",
@@ -248,6 +317,7 @@ def export_grafana(out: Path, name: str) -> list[Path]:
         + yaml.safe_dump(providers, sort_keys=False),
         out / "provisioning" / "datasources" / "prometheus.yaml": _DATASOURCES_HEADER
         + yaml.safe_dump(sources, sort_keys=False),
+        out / SCRAPE_FILE: scrape_config(name, f"{resource_name(name)}:{port}"),
     }
     try:
         for path, text in files.items():

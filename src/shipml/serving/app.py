@@ -421,7 +421,7 @@ def _error(
     metrics: ServingMetrics,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    metrics.errors.labels(kind=kind).inc()
+    metrics.error(kind)
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
@@ -475,7 +475,7 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
         project = Project.load(project or os.environ.get(CONFIG_ENV) or "shipml.yaml")
     config = project.config
     serving = config.serving
-    metrics = ServingMetrics()
+    metrics = ServingMetrics(config.name)
     ids = RequestIds()
     log_folder = project.root / ".shipml" / "predictions"
     predlog = (

@@ -70,42 +70,44 @@ def multiprocess_dir() -> str | None:
 
 
 class ServingMetrics:
-    """The service's metrics, on a registry of their own (one per app)."""
+    """The service's metrics, on a registry of their own (one per app). Every series carries
+    ``model="<project name>"``, so one Prometheus scraping several services keeps them apart."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, model: str) -> None:
+        self.model = model
         self.registry = CollectorRegistry(auto_describe=True)
         self.predictions = Counter(
             "shipml_predictions",
             "Predictions answered (rows), by the model version that made them",
-            ["model_version"],
+            ["model", "model_version"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "shipml_prediction_latency_seconds",
             "Time from request received to answer ready, per request",
-            ["model_version"],
+            ["model", "model_version"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.confidence = Histogram(
             "shipml_prediction_confidence",
             "Probability of the predicted class, per predicted row (classification)",
-            ["model_version"],
+            ["model", "model_version"],
             buckets=CONFIDENCE_BUCKETS,
             registry=self.registry,
         )
         self.errors = Counter(
             "shipml_prediction_errors",
             "Requests answered with an error, by kind",
-            ["kind"],
+            ["model", "kind"],
             registry=self.registry,
         )
         self.model_info = Gauge(
             "shipml_model_info",
             "1 for the model version being served (with its family and inference path)",
-            ["model_version", "family", "inference"],
+            ["model", "model_version", "family", "inference"],
             registry=self.registry,
             multiprocess_mode="livemax",
         )
@@ -118,64 +120,74 @@ class ServingMetrics:
         self.drift_score = Gauge(
             "shipml_drift_score",
             "Drift score of a column over the latest predictions (p-value or distance: see method)",
-            ["model_version", "column", "method"],
+            ["model", "model_version", "column", "method"],
             **drift_gauge,
         )
         self.drift_detected = Gauge(
             "shipml_drift_detected",
             "1 when the column drifted from the served version's training data",
-            ["model_version", "column"],
+            ["model", "model_version", "column"],
             **drift_gauge,
         )
         self.dataset_drift = Gauge(
             "shipml_dataset_drift",
             "1 when at least monitoring.drift_share of the columns drifted",
-            ["model_version"],
+            ["model", "model_version"],
             **drift_gauge,
         )
         self.drift_share = Gauge(
             "shipml_drift_share",
             "Share of the tested columns that drifted",
-            ["model_version"],
+            ["model", "model_version"],
             **drift_gauge,
         )
         self.drift_window_rows = Gauge(
             "shipml_drift_window_rows",
             "Logged predictions the drift gauges were computed on",
-            ["model_version"],
+            ["model", "model_version"],
             **drift_gauge,
         )
         self._children: dict[str, tuple[Any, Any, Any]] = {}
-        for kind in ERROR_KINDS:
-            self.errors.labels(kind=kind)  # every kind shows, at 0, from the start
+        self._errors = {kind: self.errors.labels(model=model, kind=kind) for kind in ERROR_KINDS}
 
     def children(self, version: str) -> tuple[Any, Any, Any]:
         """The (predictions, latency, confidence) series of one model version, looked up once
         (``labels()`` costs microseconds per call on the request path)."""
         found = self._children.get(version)
         if found is None:
+            labels = {"model": self.model, "model_version": version}
             found = (
-                self.predictions.labels(model_version=version),
-                self.latency.labels(model_version=version),
-                self.confidence.labels(model_version=version),
+                self.predictions.labels(**labels),
+                self.latency.labels(**labels),
+                self.confidence.labels(**labels),
             )
             self._children[version] = found
         return found
 
+    def error(self, kind: str) -> None:
+        """Count a request answered with an error of ``kind`` (one of ERROR_KINDS)."""
+        self._errors[kind].inc()
+
     def served(self, version: str, family: str, inference: str) -> None:
-        self.model_info.labels(model_version=version, family=family, inference=inference).set(1)
+        self._info(version, family, inference).set(1)
 
     def retired(self, version: str, family: str, inference: str) -> None:
-        self.model_info.labels(model_version=version, family=family, inference=inference).set(0)
+        self._info(version, family, inference).set(0)
+
+    def _info(self, version: str, family: str, inference: str) -> Any:
+        return self.model_info.labels(
+            model=self.model, model_version=version, family=family, inference=inference
+        )
 
     def drift(self, version: str, result: Any, rows: int) -> None:
         """Set the drift gauges from a shipml.monitoring.drift.DriftResult."""
+        model = self.model
         for name, column in result.columns.items():
-            self.drift_score.labels(version, name, column.method).set(column.score)
-            self.drift_detected.labels(version, name).set(1 if column.drift else 0)
-        self.dataset_drift.labels(version).set(1 if result.dataset_drift else 0)
-        self.drift_share.labels(version).set(result.share_drifted)
-        self.drift_window_rows.labels(version).set(rows)
+            self.drift_score.labels(model, version, name, column.method).set(column.score)
+            self.drift_detected.labels(model, version, name).set(1 if column.drift else 0)
+        self.dataset_drift.labels(model, version).set(1 if result.dataset_drift else 0)
+        self.drift_share.labels(model, version).set(result.share_drifted)
+        self.drift_window_rows.labels(model, version).set(rows)
 
     def render(self) -> bytes:
         folder = multiprocess_dir()
