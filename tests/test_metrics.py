@@ -123,12 +123,13 @@ def test_regression_metrics() -> None:
     y_true = np.array([3.0, -0.5, 2.0, 7.0])
     y_pred = np.array([2.5, 0.0, 2.0, 8.0])
     got = regression_metrics(y_true, y_pred)
-    assert set(got) == {"rmse", "mae", "r2", "mape"}
+    assert set(got) == {"rmse", "mae", "r2", "wape", "mape"}
     assert all(type(v) is float for v in got.values())
     assert got["rmse"] == pytest.approx(math.sqrt((0.25 + 0.25 + 0 + 1) / 4))
     assert got["mae"] == pytest.approx(0.5)
     assert got["r2"] == pytest.approx(skm.r2_score(y_true, y_pred))
     assert got["mape"] == pytest.approx((0.5 / 3 + 0.5 / 0.5 + 0 + 1 / 7) / 4)
+    assert got["wape"] == pytest.approx((0.5 + 0.5 + 0 + 1) / (3 + 0.5 + 2 + 7))
 
 
 def test_confusion_and_report_are_json_ready() -> None:

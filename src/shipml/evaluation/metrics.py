@@ -233,24 +233,55 @@ def fold_classification_metrics(
     return {m: result[m] for m in only if m in result}
 
 
+# MAPE divides each error by its true value: a true value at or near zero makes that row's
+# percentage as large as it likes (scikit-learn divides a zero by 2.2e-16, so one zero in a
+# count target prints MAPE in the quadrillions) and that one row decides the mean. Below this
+# share of the mean absolute true value a true value counts as near zero, and MAPE is left out:
+# a number that means nothing is worse than none. WAPE (the absolute errors summed over the
+# true values summed, a percentage of the total) is defined wherever the total is not zero,
+# zeros and all, and is what demand and count forecasts report instead; it is always given.
+NEAR_ZERO_SHARE = 1e-3
+
+
+def mape_defined(y_true: Any) -> bool:
+    """Whether MAPE means something on these true values: none is at or near zero (within
+    ``NEAR_ZERO_SHARE`` of their mean absolute value), and none is missing."""
+    y = np.abs(np.asarray(y_true, dtype="float64"))
+    if len(y) == 0 or not np.all(np.isfinite(y)):
+        return False
+    return bool(np.min(y) > NEAR_ZERO_SHARE * np.mean(y))
+
+
+def wape(y_true: Any, y_pred: Any) -> float:
+    """Weighted absolute percentage error: sum |y - ŷ| / sum |y| (NaN when every true value is
+    zero)."""
+    y = np.asarray(y_true, dtype="float64")
+    total = float(np.sum(np.abs(y)))
+    errors = float(np.sum(np.abs(y - np.asarray(y_pred, dtype="float64"))))
+    return errors / total if total > 0 else math.nan
+
+
 def regression_metrics(
     y_true: Any, y_pred: Any, only: Collection[str] | None = None
 ) -> dict[str, float]:
-    """RMSE, MAE, R² and MAPE (scikit-learn's mean_absolute_percentage_error), or ``only``
-    those."""
-    functions = {
+    """RMSE, MAE, R², WAPE and MAPE (scikit-learn's mean_absolute_percentage_error), or
+    ``only`` those. MAPE is left out where a true value is at or near zero (``mape_defined``),
+    unless ``only`` asks for it by name (a search told to optimize it)."""
+    functions: dict[str, Any] = {
         "rmse": skm.root_mean_squared_error,
         "mae": skm.mean_absolute_error,
         "r2": skm.r2_score,
+        "wape": wape,
         "mape": skm.mean_absolute_percentage_error,
     }
+    if only is None:
+        if not mape_defined(y_true):
+            del functions["mape"]
+    else:
+        functions = {name: f for name, f in functions.items() if name in only}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {
-            name: float(function(y_true, y_pred))
-            for name, function in functions.items()
-            if only is None or name in only
-        }
+        return {name: float(function(y_true, y_pred)) for name, function in functions.items()}
 
 
 def confusion(y_true: Any, y_pred: Any, classes: list[Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from jinja2 import Environment, PackageLoader, StrictUndefined, Template
 
 from shipml.deploy.output import check_out, out_folder, write_files
-from shipml.errors import ConfigError
+from shipml.errors import ConfigError, EnvironmentFault, ShipmlError, environment_fault
 
 if TYPE_CHECKING:
     from shipml.pipeline.steps import StepResult
@@ -132,6 +133,51 @@ def from_xcom(cls: type[T], payload: dict[str, Any]) -> T:
     return cls.from_dict(_decode(payload))
 
 
+# What a task may retry: faults of the environment, which can pass (a database or tracking
+# server that went away, a full disk, a killed connection, a worker short of memory). Anything
+# else, an error shipml raises on purpose or an error in shipml or the data, fails the task at
+# once: the same step on the same data would fail the same way, only minutes later.
+_TRANSIENT_NAMES = frozenset({"OperationalError", "InterfaceError", "DisconnectionError"})
+
+
+def retryable(err: BaseException) -> bool:
+    """Whether ``err`` is a fault of the environment that a retry of the task may get past."""
+    if isinstance(err, EnvironmentFault) or environment_fault(err) is not None:
+        return True
+    if isinstance(err, ShipmlError):
+        return False
+    link: BaseException | None = err
+    seen = 0
+    while link is not None and seen < 20:
+        if isinstance(link, OSError | MemoryError) or type(link).__name__ in _TRANSIENT_NAMES:
+            return True
+        link = link.__cause__ or link.__context__
+        seen += 1
+    return False
+
+
+def run_step(
+    fail: type[Exception], run: Callable[..., StepResult], *args: Any, **kwargs: Any
+) -> dict[str, Any]:
+    """What a DAG task does: ``run(*args, **kwargs)``, its result as XCom stores it. An error
+    that a retry cannot fix is raised as ``fail`` (Airflow's AirflowFailException: the task
+    fails at once, without its retries) with one line saying what and how to fix it; a fault
+    of the environment is raised as it is, for the task's retries."""
+    try:
+        return to_xcom(run(*args, **kwargs))
+    except Exception as err:
+        if retryable(err):
+            raise
+        if isinstance(err, ShipmlError):
+            hint = f" ({err.hint})" if err.hint else ""
+            raise fail(f"{err.message}{hint}") from err
+        notes = "; ".join(getattr(err, "__notes__", []))
+        raise fail(
+            f"{type(err).__name__}: {err}" + (f" ({notes})" if notes else "") + " - not retried: "
+            "an error in shipml or in the data fails the same way again"
+        ) from err
+
+
 def _encode(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return {_FLOAT: repr(value)}
@@ -159,5 +205,7 @@ __all__ = [
     "dag_source",
     "export_airflow",
     "from_xcom",
+    "retryable",
+    "run_step",
     "to_xcom",
 ]

@@ -19,6 +19,8 @@ import math
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,11 +30,13 @@ import numpy as np
 import pandas as pd
 
 from shipml import registry
-from shipml.errors import ConfigError, DataError, GateFailed, ValidationFailed
+from shipml.data.labels import to_classes
+from shipml.errors import ConfigError, DataError, GateFailed, ShipmlError, ValidationFailed
 from shipml.evaluation.metrics import (
     METRICS,
     classification_metrics,
     default_metric,
+    mape_defined,
     metric_value,
     regression_metrics,
 )
@@ -376,12 +380,18 @@ def _gate_metric(project: Project, trained: Trained, task: str, n_classes: int |
 
 def evaluate(trained: Trained) -> Evaluated:
     """The challenger and the champion on the same holdout (the batch's test split) with a
-    paired bootstrap of the gate metric, and both on the latest labelled feedback."""
+    paired bootstrap of the gate metric, and both on the latest labelled feedback. Should it
+    fail, the challenger is marked as failed (not gated) before the error goes on."""
+    project = trained.project()
+    with not_gated_on_failure(project, trained.version, "evaluate"):
+        return _evaluate(project, trained)
+
+
+def _evaluate(project: Project, trained: Trained) -> Evaluated:
     from shipml.scoring import Model
     from shipml.scoring import evaluate as evaluate_on
     from shipml.training.train import prepare_data
 
-    project = trained.project()
     gate = project.config.gate
     prepared = prepare_data(project.config, project.root, trained.data, lambda *a, **k: None)
     challenger = Model(registry.load(project.store, trained.version))
@@ -390,7 +400,14 @@ def evaluate(trained: Trained) -> Evaluated:
     metric = _gate_metric(project, trained, task, len(classes) or None)
     y = np.asarray(prepared.y_test)
     if task == "classification":
-        y = np.asarray(pd.Series(y).astype(object))
+        # The holdout's labels as the challenger's classes, of the type it predicts.
+        y = to_classes(y, classes, f"{trained.source} (holdout)", project.config.target)
+    elif metric == "mape" and not mape_defined(y):
+        raise ConfigError(
+            f"gate.metric 'mape' means nothing on this batch: target '{project.config.target}' "
+            "has values at or near zero, and MAPE divides by them",
+            "gate on mae or rmse in shipml.yaml",
+        )
     ours = _outputs(challenger, prepared.X_test)
     result = Evaluated(
         **trained.to_dict(),
@@ -428,6 +445,31 @@ def evaluate(trained: Trained) -> Evaluated:
 # ---------------------------------------------------------------------------------- gate
 
 
+@contextmanager
+def not_gated_on_failure(project: Project, version: int, step: str) -> Iterator[None]:
+    """Inside, an error leaves a mark before it goes on: the challenger ``version`` is
+    recorded as failed with the reason "not gated" (never left registered and ungated without a
+    word), and the error says so."""
+    try:
+        yield
+    except GateFailed:
+        raise  # the gate's own decision, recorded already
+    except Exception as err:
+        text = err.message if isinstance(err, ShipmlError) else f"{type(err).__name__}: {err}"
+        reason = f"FAILED: not gated: the {step} step stopped: {text}"
+        try:
+            registry.record_gate(project.store, version, {"passed": False, "reasons": [reason]})
+            mark = "marked shipml.gate=failed (not gated)"
+        except Exception:  # the store itself may be what failed: say so, keep the first error
+            mark = "not gated (marking it failed in the registry failed too)"
+        note = f"version {version} stays registered, {mark}; the champion is unchanged"
+        if isinstance(err, ShipmlError):
+            err.hint = f"{err.hint}; {note}" if err.hint else note
+        else:
+            err.add_note(note)
+        raise
+
+
 def _fmt(value: float | None) -> str:
     return (
         "n/a"
@@ -441,6 +483,19 @@ def gate(evaluated: Evaluated, fail: bool = False) -> Decision:
     its evidence go to MLflow (a tag on the version, gate/decision.json and gate_* metrics on
     its run). With ``fail``, a failed gate raises GateFailed (exit 1) after recording it."""
     project = evaluated.project()
+    with not_gated_on_failure(project, evaluated.version, "gate"):
+        decision, evidence = _decide(project, evaluated)
+        registry.record_gate(project.store, evaluated.version, evidence)
+    if fail and not decision.passed:
+        raise GateFailed(
+            f"version {evaluated.version} failed the gate: "
+            + "; ".join(r for r in decision.reasons if r.startswith("FAILED")),
+            f"the champion (version {evaluated.champion}) is unchanged",
+        )
+    return decision
+
+
+def _decide(project: Project, evaluated: Evaluated) -> tuple[Decision, dict[str, Any]]:
     cfg = project.config.gate
     metric = evaluated.gate_metric
     higher = METRICS[metric].greater_is_better
@@ -493,14 +548,7 @@ def gate(evaluated: Evaluated, fail: bool = False) -> Decision:
         "challenger_metrics": evaluated.challenger_metrics,
         "champion_metrics": evaluated.champion_metrics,
     }
-    registry.record_gate(project.store, evaluated.version, evidence)
-    if fail and not passed:
-        raise GateFailed(
-            f"version {evaluated.version} failed the gate: "
-            + "; ".join(r for r in reasons if r.startswith("FAILED")),
-            f"the champion (version {evaluated.champion}) is unchanged",
-        )
-    return decision
+    return decision, evidence
 
 
 def _signed(value: float | None) -> str:
