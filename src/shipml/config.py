@@ -385,8 +385,11 @@ class MonitoringConfig(_Strict):
     # statistical tests (ks, chisquare, z) at a p-value below p_value.
     drift_threshold: float = Field(default=0.1, gt=0.0)
     p_value: float = Field(default=0.05, gt=0.0, lt=1.0)
-    # The dataset drifts when at least this share of the tested columns drift.
+    # The dataset drifts when at least this share of the tested columns drift, or when any of the
+    # model's `important_columns` most important columns (permutation importance at training)
+    # drifts; 0 leaves importance out of the rule.
     drift_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    important_columns: int = Field(default=3, ge=0, le=10_000)
     columns: dict[str, DriftRule] = Field(default_factory=dict)
     # `shipml monitor --from-log` and the server's drift gauges look at the latest `window` rows.
     window: int = Field(default=1000, ge=10, le=10_000_000)

@@ -9,6 +9,11 @@ Default logic (Evidently 0.7's, so results agree with it):
   (and numeric ones with at most five values); drift at a distance >= 0.1.
 Numeric columns with at most five distinct values are tested like categories. PSI is reported
 for every column as well. Missing values (and ±inf) are left out of every test, as Evidently does.
+
+The dataset drifts when at least ``drift_share`` of the tested columns drift (Evidently's rule),
+or when one of the model's ``important_columns`` most important columns drifts (shipml's: a
+shifted income column matters more than a shifted row id). The importance is the permutation
+importance measured on the test split at training, stored with the version.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class DriftSettings:
     distance_threshold: float = 0.1
     p_value: float = 0.05
     drift_share: float = 0.5
+    important_columns: int = 3  # the drift of any of the model's N most important columns counts
     columns: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> method, threshold
 
     @classmethod
@@ -54,6 +60,7 @@ class DriftSettings:
             distance_threshold=monitoring.drift_threshold,
             p_value=monitoring.p_value,
             drift_share=monitoring.drift_share,
+            important_columns=monitoring.important_columns,
             columns={
                 name: rule.model_dump(exclude_none=True)
                 for name, rule in monitoring.columns.items()
@@ -111,6 +118,9 @@ class DriftResult:
     findings: list[Finding] = field(default_factory=list)
     prediction: ColumnDrift | None = None
     target: ColumnDrift | None = None
+    # The model's most important tested columns, most important first (empty: none known).
+    important: list[str] = field(default_factory=list)
+    important_columns: int = 0  # how many the rule asked for (0: importance does not count)
 
     @property
     def drifted_columns(self) -> list[str]:
@@ -121,14 +131,50 @@ class DriftResult:
         return len(self.drifted_columns) / len(self.columns) if self.columns else 0.0
 
     @property
+    def important_drifted(self) -> list[str]:
+        return [name for name in self.important if self.columns[name].drift]
+
+    @property
     def dataset_drift(self) -> bool:
-        return bool(self.columns) and self.share_drifted >= self.drift_share
+        return bool(self.columns) and (
+            self.share_drifted >= self.drift_share or bool(self.important_drifted)
+        )
+
+    @property
+    def rule(self) -> str:
+        """The dataset-drift rule in words, as it was applied."""
+        share = f"at least {100 * self.drift_share:.0f}% of the {len(self.columns)} columns drift"
+        if self.important:
+            return f"{share}, or one of the {len(self.important)} most important drifts " + (
+                f"({', '.join(self.important)})"
+            )
+        if self.important_columns:
+            return f"{share} (no feature importance is stored with this version)"
+        return share
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why the dataset drifted, one line per part of the rule that fired."""
+        out = []
+        if self.columns and self.share_drifted >= self.drift_share:
+            out.append(
+                f"{len(self.drifted_columns)} of {len(self.columns)} columns drifted "
+                f"({100 * self.share_drifted:.0f}% ≥ {100 * self.drift_share:.0f}%)"
+            )
+        for name in self.important_drifted:
+            rank = self.important.index(name) + 1
+            out.append(f"'{name}' drifted, the model's most important column no. {rank}")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset_drift": self.dataset_drift,
+            "rule": self.rule,
+            "reasons": self.reasons,
             "share_drifted": self.share_drifted,
             "drift_share": self.drift_share,
+            "important_columns": self.important,
+            "important_drifted": self.important_drifted,
             "drifted_columns": self.drifted_columns,
             "n_reference": self.n_reference,
             "n_current": self.n_current,
@@ -358,6 +404,8 @@ def compare(
         n_reference=reference.rows,
         n_current=current.rows,
         findings=list(current.findings),
+        important=most_important(reference, columns, settings.important_columns),
+        important_columns=settings.important_columns,
     )
     kind = "numeric" if reference.meta.get("task") == "regression" else "categorical"
     for attr in ("prediction", "target"):
@@ -365,6 +413,17 @@ def compare(
         if ref_s is not None and cur_s is not None and ref_s.n and cur_s.n:
             setattr(result, attr, test_column(attr, ref_s, cur_s, settings, kind))
     return result
+
+
+IMPORTANCE_META = "importance"  # reference.meta key: [[column, importance], ...], largest first
+
+
+def most_important(reference: Profile, tested: dict[str, ColumnDrift], top: int) -> list[str]:
+    """The ``top`` tested columns the model relies on most (positive importance only), by the
+    importance stored in the reference profile's meta; empty where none is stored."""
+    ranked = reference.meta.get(IMPORTANCE_META) or []
+    named = [str(c) for c, value in ranked if str(c) in tested and float(value) > 0]
+    return named[:top]
 
 
 def detect_drift(

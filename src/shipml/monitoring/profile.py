@@ -36,6 +36,9 @@ from shipml.monitoring.summary import (
 )
 
 PROFILE_ARTIFACT = "monitoring/profile.json"
+# The permutation importance of each input column on the test split: [[column, mean], ...],
+# largest first (written with the report; versions trained without it have none).
+IMPORTANCE_ARTIFACT = "monitoring/importance.json"
 PROFILE_FORMAT = 1
 # Rows per chunk: small enough that a column's temporaries stay a few MB (measured: 100,000
 # rows keep detect_drift's peak 40 MB above the data at 1,000,000 rows, 1,000,000 rows 150 MB),
@@ -279,6 +282,7 @@ def reference_profile(
 
 
 __all__ = [
+    "IMPORTANCE_ARTIFACT",
     "PROFILE_ARTIFACT",
     "CategoricalSummary",
     "Finding",

@@ -17,9 +17,10 @@ import pandas as pd
 from shipml import registry
 from shipml.data.sources import iter_table_file
 from shipml.errors import DataError, RegistryError, ShipmlError, faults_named
-from shipml.monitoring.drift import DriftResult, DriftSettings, compare
+from shipml.monitoring.drift import IMPORTANCE_META, DriftResult, DriftSettings, compare
 from shipml.monitoring.performance import Performance, log_performance, performance, strings
 from shipml.monitoring.profile import (
+    IMPORTANCE_ARTIFACT,
     PROFILE_ARTIFACT,
     Finding,
     Profile,
@@ -86,7 +87,13 @@ def load_profile(project: Project, ref: str | int = "champion") -> tuple[int, Pr
             "versions trained before shipml 0.4 have none: retrain to get one, or compare two "
             "files with --reference FILE --current FILE",
         )
-    return version, Profile.read(path)
+    profile = Profile.read(path)
+    importance = folder / Path(IMPORTANCE_ARTIFACT).name
+    if importance.is_file() or registry.fetch_artifact(
+        project.store, version, IMPORTANCE_ARTIFACT, folder
+    ):
+        profile.meta[IMPORTANCE_META] = json.loads(importance.read_text(encoding="utf-8"))
+    return version, profile
 
 
 # --- current data from a file -----------------------------------------------------------------
