@@ -162,7 +162,9 @@ def test_predict_input_problems(trained_binary: Path, tmp_path: Path) -> None:
     wrong.loc[3, "mean_texture"] = "very rough"
     wrong.to_csv(tmp_path / "wrong.csv", index=False)
     assert_user_error(
-        run_cli("predict", tmp_path / "wrong.csv", "--out", tmp_path / "w.csv", "-c", config),
+        run_cli(
+            "predict", tmp_path / "wrong.csv", "--out", tmp_path / "w.csv", "-c", config, "--strict"
+        ),
         "mean_texture",
         "very rough",
     )

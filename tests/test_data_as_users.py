@@ -210,7 +210,11 @@ def test_serve_batch_scores_every_row_and_counts_what_it_could_not_read(project:
 
         strict = server.post("/predict/batch", {"instances": records, "strict": True})
         assert strict.status_code == 422, strict.text
-        assert "instances.4.MOSTYPE0" in strict.text
+        places = [d["loc"] for d in strict.json()["detail"]]
+        assert places == [
+            ["body", "instances", 4, "MOSTYPE0"],
+            ["body", "instances", 6, "policy_start"],
+        ]
 
         clean = server.post("/predict/batch", {"instances": [records[0]], "strict": True})
         assert clean.status_code == 200 and clean.json()["unreadable"] == {}

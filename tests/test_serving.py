@@ -174,9 +174,11 @@ def test_strict_batches_are_scored_answered_and_logged_as_sent(strict_project: P
             assert r.status_code == 200, r.text
             answers.append(r.json())
         bad = [dict(rows[0], age="old"), *rows[1:3]]  # not the strict form: pydantic names it
-        refused = server.post("/predict/batch", {"instances": bad})
+        refused = server.post("/predict/batch", {"instances": bad, "strict": True})
         assert refused.status_code == 422
         assert refused.json()["detail"][0]["loc"] == ["body", "instances", 0, "age"]
+        lenient = server.post("/predict/batch", {"instances": bad})  # scored, "old" as missing
+        assert lenient.status_code == 200 and lenient.json()["unreadable"] == {"age": 1}
     small, large = answers
     assert large["predictions"] == expected["prediction"].tolist()
     np.testing.assert_allclose(large["probability"], expected["probability"], atol=1e-9)

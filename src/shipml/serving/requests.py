@@ -44,7 +44,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from shipml.config import InputBoundsConfig
 from shipml.data.coerce import BOOL_FALSE, BOOL_TRUE, ISO_FORMAT, category_str, date_expected
@@ -224,11 +224,13 @@ _LIMIT_ERRORS = frozenset({"string_too_long", "greater_than_equal", "less_than_e
 class Unread:
     """A value of a batch row that its column could not read (scored as missing)."""
 
-    column: str
+    key: str  # the field's name in the request models (c0, c1, ...)
+    value: Any
+    kind: str  # pydantic's error type
     message: str
 
 
-def _lenient(annotation: Any, column: str) -> Any:
+def _lenient(annotation: Any, key: str) -> Any:
     """``annotation`` with a value it cannot read kept as ``Unread`` instead of an error
     (but values past the request limits are still errors)."""
 
@@ -237,11 +239,27 @@ def _lenient(annotation: Any, column: str) -> Any:
             return handler(value)
         except ValidationError as err:
             errors = err.errors()
-            if any(e["type"] in _LIMIT_ERRORS for e in errors):
+            if not errors or any(e["type"] in _LIMIT_ERRORS for e in errors):
                 raise
-            return Unread(column, str(errors[0]["msg"]) if errors else "cannot be read")
+            return Unread(key, value, errors[0]["type"], str(errors[0]["msg"]))
 
     return Annotated[annotation, WrapValidator(read)]
+
+
+def _refused(rows: list[BaseModel]) -> ValidationError | None:
+    """The errors a strict batch is refused with: each value a column could not read, at its
+    place (instances.<row>.<field>), as the request models would have named it."""
+    errors = [
+        InitErrorDetails(
+            type=PydanticCustomError(value.kind, "{message}", {"message": value.message}),
+            loc=("instances", i, value.key),
+            input=value.value,
+        )
+        for i, row in enumerate(rows)
+        for value in row.__dict__.values()
+        if isinstance(value, Unread)
+    ]
+    return ValidationError.from_exception_data("BatchRequest", errors) if errors else None
 
 
 class ColumnValues(list[list[Any]]):
@@ -282,8 +300,7 @@ class RequestModels:
         self.limits = limits
         fields = {f"c{i}": _field(schema, name, limits) for i, name in enumerate(self.columns)}
         lenient = {
-            key: (_lenient(annotation, name), info)
-            for (key, (annotation, info)), name in zip(fields.items(), self.columns, strict=True)
+            key: (_lenient(annotation, key), info) for key, (annotation, info) in fields.items()
         }
         example = _example(schema)
         self.features: type[BaseModel] = create_model(  # type: ignore[call-overload]
@@ -369,16 +386,9 @@ class RequestModels:
 
             @model_validator(mode="after")
             def _strict(self) -> Any:
-                if self.strict:
-                    rows: list[BaseModel] = self.instances
-                    for i, row in enumerate(rows):
-                        for value in row.__dict__.values():
-                            if isinstance(value, Unread):
-                                raise ValueError(
-                                    f"instances.{i}.{value.column}: {value.message} (strict: "
-                                    "true refuses the batch; without it the value is scored "
-                                    "as missing)"
-                                )
+                refused = _refused(self.instances) if self.strict else None
+                if refused is not None:
+                    raise refused
                 return self
 
         self.batch = BatchRequest
