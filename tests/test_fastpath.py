@@ -463,7 +463,8 @@ def test_records_convert_as_coerce_frame_does(
     assert np.abs(got - expected_proba).max() <= 1e-12
 
     # Values that need shipml's full coercion take it, with its errors.
-    odd = [{**base, "age": "41", "signup_date": "04/03/2021", "has_partner": "TRUE "}]
+    # (a date with a UTC offset: still ISO 8601, the one format this column was trained on)
+    odd = [{**base, "age": "41", "signup_date": "2021-03-04T10:30+02:00", "has_partner": "TRUE "}]
     expected = frame_columns(coerce_frame(pd.DataFrame(odd), churn.schema), kinds)
     assert _same_columns(record_columns(odd, churn.schema), expected)
     with pytest.raises(InputSchemaError, match="'age'"):
