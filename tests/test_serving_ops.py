@@ -1,5 +1,6 @@
-"""`shipml serve` under operations: several workers scraped by a real Prometheus server, and
-feedback across server processes (the schemathesis run is in tests/chaos)."""
+"""`shipml serve` under operations: several workers scraped by a real Prometheus server,
+feedback across server processes, and the batch answer's fields against the single answer's
+(the schemathesis run is in tests/chaos)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from fastapi.testclient import TestClient
 
+from shipml.serving.app import create_app
+from shipml.serving.openapi import BATCH_ANSWER, PREDICT_ANSWER
 from tests.conftest import make_project, run_cli
 from tests.serving_helpers import Prometheus, Server
 from tests.test_serving import _customers, _rows
@@ -100,9 +104,48 @@ def test_feedback_is_taken_for_ids_another_server_process_answered(project: Path
         for answering, taking in ((one, other), (other, one)):
             single = answering.post("/predict", {"features": rows[0]}).json()["request_id"]
             batch = answering.post("/predict/batch", {"instances": rows[:3]}).json()
-            for request_id in (single, batch["request_ids"][2]):
+            for request_id in (single, batch["request_id"][2]):
                 r = taking.post("/feedback", {"request_id": request_id, "label": "yes"})
                 assert r.status_code == 200, r.text
             never = f"{single[:20]}{'f' * 12}"
             r = taking.post("/feedback", {"request_id": never, "label": "yes"})
             assert r.status_code == 422 and "request_id" in r.text, r.text
+
+
+def test_the_batch_answer_names_its_fields_as_the_single_answer_does(project: Path) -> None:
+    """/predict/batch answers the fields of /predict, each a list of one per row under the same
+    name (prediction, probability, probabilities, request_id); "predictions" and "request_ids",
+    the names of 0.1.0, repeat them for one release, marked deprecated in the OpenAPI."""
+    rows = _rows(project, 4)
+    with TestClient(create_app(project)) as client:
+        batch = client.post("/predict/batch", json={"instances": rows})
+        assert batch.status_code == 200, batch.text
+        answer = batch.json()
+        singles = [client.post("/predict", json={"features": row}).json() for row in rows]
+        document = client.get("/openapi.json").json()
+    per_row = set(singles[0]) - {"model_version"}
+    assert per_row == {"prediction", "probability", "probabilities", "request_id"}
+    for key in per_row:
+        assert isinstance(answer[key], list) and len(answer[key]) == len(rows), key
+    for i, single in enumerate(singles):
+        assert answer["prediction"][i] == single["prediction"]
+        assert answer["probability"][i] == pytest.approx(single["probability"], abs=1e-9)
+        assert answer["probabilities"][i] == pytest.approx(single["probabilities"], abs=1e-9)
+        assert answer["request_id"][i] != single["request_id"]  # each answer has its own ids
+    assert answer["model_version"] == singles[0]["model_version"]
+    assert answer["predictions"] == answer["prediction"]  # the old names, for one release
+    assert answer["request_ids"] == answer["request_id"]
+    # No key of the batch answer is singular for one field and plural for another: every
+    # current key is a key of the single answer, or the batch's own `unreadable`.
+    current = {k for k in answer if not BATCH_ANSWER["properties"][k].get("deprecated")}
+    assert current == set(singles[0]) | {"unreadable"}
+    schema = document["paths"]["/predict/batch"]["post"]["responses"]["200"]
+    properties = schema["content"]["application/json"]["schema"]["properties"]
+    assert set(properties) == set(answer)
+    assert set(PREDICT_ANSWER["properties"]) <= set(properties)  # type: ignore[arg-type]
+    assert {k for k, v in properties.items() if v.get("deprecated")} == {
+        "predictions",
+        "request_ids",
+    }
+    link = schema["links"]["FeedbackForThisPrediction"]["requestBody"]["request_id"]
+    assert link == "$response.body#/request_id/0"

@@ -783,8 +783,12 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
         n = len(predictions)
         # Encoded once for the answer and the log; the parts of a 1,000-row answer built the
         # fastest way msgspec offers (structs, not dicts; the ids from a template).
+        # The single answer's fields, each a list in the order of the instances (the columns
+        # `shipml predict` writes); "predictions" and "request_ids", the names of earlier
+        # releases, repeat them until the next release (BATCH_ANSWER marks them deprecated).
         confidence_json = probabilities_json = None
-        answer: dict[str, Any] = {"predictions": predictions}
+        predictions_json = msgspec.Raw(_ENCODE(predictions))
+        answer: dict[str, Any] = {"prediction": predictions_json}
         if confidence is not None:
             confidence_json = msgspec.Raw(_ENCODE(confidence.tolist()))
             rows = map(served.probability_row, *outputs.T.tolist())
@@ -792,7 +796,10 @@ def create_app(project: Project | str | Path | None = None) -> FastAPI:
             answer["probability"] = confidence_json
             answer["probabilities"] = probabilities_json
         answer["model_version"] = str(served.version)
-        answer["request_ids"] = msgspec.Raw(_batch_ids(n).replace(_ID_HOLE, batch_id.encode()))
+        ids_json = msgspec.Raw(_batch_ids(n).replace(_ID_HOLE, batch_id.encode()))
+        answer["request_id"] = ids_json
+        answer["predictions"] = predictions_json
+        answer["request_ids"] = ids_json
         # values per column that could not be read, scored as missing (requests.ColumnValues)
         answer["unreadable"] = getattr(values, "unreadable", None) or {}
         latency = time.perf_counter() - started

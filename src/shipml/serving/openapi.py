@@ -93,16 +93,49 @@ PREDICT_ANSWER = {
     },
     "required": ["prediction", "model_version", "request_id"],
 }
+_ROWS = "one per instance, in their order"
+_OLD = "answered for one release more"
+# The single answer's fields, each a list of one per row; "predictions" and "request_ids" are
+# the names of earlier releases, answered until the next release.
 BATCH_ANSWER = {
     "type": "object",
     "properties": {
-        "predictions": {"type": "array", "items": {}},
-        "probability": {"type": "array", "items": {"type": "number"}},
-        "probabilities": {"type": "array", "items": _NUMBERS},
+        "prediction": {"type": "array", "items": {}, "description": _ROWS},
+        "probability": {
+            "type": "array",
+            "items": {"type": "number"},
+            "description": f"of the predicted class, {_ROWS}",
+        },
+        "probabilities": {
+            "type": "array",
+            "items": _NUMBERS,
+            "description": f"class -> probability, {_ROWS}",
+        },
         "model_version": {"type": "string"},
-        "request_ids": {"type": "array", "items": {"type": "string"}},
+        "request_id": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": f"for /feedback, {_ROWS}",
+        },
+        "unreadable": {
+            "type": "object",
+            "additionalProperties": {"type": "integer"},
+            "description": "column -> values that could not be read, scored as missing",
+        },
+        "predictions": {
+            "type": "array",
+            "items": {},
+            "deprecated": True,
+            "description": f"prediction, as 0.1.0 named it; {_OLD}",
+        },
+        "request_ids": {
+            "type": "array",
+            "items": {"type": "string"},
+            "deprecated": True,
+            "description": f"request_id, as 0.1.0 named it; {_OLD}",
+        },
     },
-    "required": ["predictions", "model_version", "request_ids"],
+    "required": ["prediction", "model_version", "request_id"],
 }
 
 
@@ -113,7 +146,7 @@ def _answers_and_links(built: dict[str, Any]) -> None:
     feedback = paths.get("/feedback", {}).get("post", {}).get("operationId")
     for path, schema, expression in (
         ("/predict", PREDICT_ANSWER, "$response.body#/request_id"),
-        ("/predict/batch", BATCH_ANSWER, "$response.body#/request_ids/0"),
+        ("/predict/batch", BATCH_ANSWER, "$response.body#/request_id/0"),
     ):
         operation = paths.get(path, {}).get("post")
         if operation is None:
