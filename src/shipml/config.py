@@ -143,8 +143,9 @@ class TrainingConfig(_Strict):
     # measurable on the benchmark tables (see the README).
     stack: bool = False
     class_weight: Literal["auto", "balanced", "none"] = "auto"
-    # Regression: auto learns a non-negative, right-skewed target on the log scale (log1p);
-    # log always does (the target must be >= 0); none never does.
+    # Regression: auto cross-validates a non-negative, right-skewed target both ways (as is and
+    # log1p) on the first strong family and keeps the log only where it scores better; log
+    # always learns log1p (the target must be >= 0); none never does.
     target_transform: Literal["auto", "log", "none"] = "auto"
     # Binary problems: auto picks the decision threshold on out-of-fold predictions; none keeps
     # 0.5; a number fixes it.

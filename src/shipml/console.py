@@ -12,15 +12,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TextColumn,
-    TimeElapsedColumn,
 )
+from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from shipml.data.schema import Schema
@@ -94,7 +96,7 @@ def leaderboard_table(board: Leaderboard, all_trials: bool = False) -> Table:
             seen.add(family)
     title = f"Leaderboard (cross-validated, ranked by {board.metric})"
     if not all_trials and len(shown) < len(records):
-        title += f": best of {len(records)} candidates per family"
+        title += f": each family's best trial, of {sum(trials.values())} trials in all"
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("model")
@@ -109,9 +111,9 @@ def leaderboard_table(board: Leaderboard, all_trials: bool = False) -> Table:
             cells.append("–" if mean is None else f"{fmt(mean)} ± {fmt(std, 3)}")
         name = row["model"] + (" [dim](baseline)[/]" if row["baseline"] else "")
         style = "bold green" if row["rank"] == 1 else ("dim" if row["rank"] is None else "")
-        members = " + ".join(f"{n} ×{w}" for n, w in row["members"].items())
+        members = f"of {len(row['members'])} models" if row["members"] else ""
         if row.get("stack_inputs"):
-            members = "on the predictions of " + ", ".join(row["stack_inputs"])
+            members = f"on the predictions of {len(row['stack_inputs'])} models"
         note = row["reason"] or members or ("" if row["status"] == "ok" else row["status"])
         if not all_trials and trials.get(row["family"], 0) > 1:
             note = (note + "; " if note else "") + f"best of {trials[row['family']]} trials"
@@ -119,6 +121,24 @@ def leaderboard_table(board: Leaderboard, all_trials: bool = False) -> Table:
             str(row["rank"] or ""), name, *cells, f"{row['fit_seconds']:.1f}s", note, style=style
         )
     return table
+
+
+def ensemble_line(board: Leaderboard, width: int = 120) -> str | None:
+    """The best ensemble's (or second layer's) makeup in one line, members counted by family,
+    the heaviest first: "ensemble of 7: catboost ×3, lightgbm ×2, …"."""
+    best = next((r for r in board.ranked() if r.members or r.stack_inputs), None)
+    if best is None:
+        return None
+    n = len(best.members or best.stack_inputs)
+    what = f"{best.name} of {n}" if best.members else f"{best.name} on {n}"
+    parts = [f"{family} ×{count}" for family, count in board.makeup(best)]
+    line = f"{what}: {parts[0]}"
+    for i, part in enumerate(parts[1:], start=2):
+        room_for_more = 0 if i == len(parts) else len(", …")
+        if len(line) + len(", ") + len(part) + room_for_more > width:
+            return line + ", …"
+        line += ", " + part
+    return line
 
 
 def metrics_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
@@ -156,6 +176,9 @@ def budget_hint(leaderboard: Leaderboard, budget_s: float) -> str | None:
 
 def train_summary(result: TrainResult) -> None:
     console.print(leaderboard_table(result.leaderboard))
+    makeup = ensemble_line(result.leaderboard, console.width - 2)
+    if makeup:
+        console.print(f"  {makeup}", soft_wrap=True)
     console.print(
         metrics_table(f"Test split ({result.n_test:,} rows)", {result.best: result.test_metrics})
     )
@@ -234,53 +257,99 @@ def evaluation_table(result: EvaluationResult, source: str) -> Table:
     )
 
 
+class BudgetBar(ProgressColumn):
+    """The share of the time budget spent: the bar fills with the clock toward a total that
+    does not move (the number of candidates is not known ahead: the search runs while the
+    budget lasts). Without a budget (a pipeline step other than training), it pulses."""
+
+    def __init__(self, width: int = 30) -> None:
+        super().__init__()
+        self.width = width
+
+    def render(self, task: Task) -> ProgressBar:
+        budget = task.fields.get("budget")
+        if not budget:
+            return ProgressBar(None, pulse=True, width=self.width, animation_time=task.get_time())
+        spent = time.monotonic() - task.fields["since"]
+        return ProgressBar(budget, min(spent, budget), width=self.width)
+
+
+class BudgetClock(ProgressColumn):
+    """The seconds spent of the budget and the candidates done: 23s / 60s · 14 trials."""
+
+    def render(self, task: Task) -> Text:
+        budget = task.fields.get("budget")
+        if not budget:
+            return Text(f"{time.monotonic() - task.fields['since']:.0f}s", style="dim")
+        spent = time.monotonic() - task.fields["since"]
+        done = task.fields.get("done", 0)
+        return Text(f"{spent:.0f}s / {budget:.0f}s · {done} trial{'s' * (done != 1)}", "dim")
+
+
+def candidate_line(result: Any, metric: str) -> str:
+    """One line for a cross-validated candidate: a green tick with its score, a red cross
+    where it failed, a dash where it was pruned, stopped for time or skipped."""
+    name = f"{result.name:<24}"
+    if result.status == "ok":
+        return (
+            f"  [green]✓[/] {name} {metric} {fmt(result.mean(metric))} ± "
+            f"{fmt(result.std(metric), 3)}  [dim]{result.fit_seconds:.1f}s[/]"
+        )
+    if result.status == "failed":
+        return f"  [bold red]✗[/] {name} [red]failed:[/] {escape(result.reason)}"
+    return f"  [yellow]–[/] {name} [dim]{result.status}: {escape(result.reason)}[/]"
+
+
 class TrainProgress:
-    """Turns the train service's events into a progress bar and one line per candidate."""
+    """Turns the train service's events into a progress bar over the time budget and one line
+    per candidate."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
-        self.task = progress.add_task("Starting", total=None)
-        self.total = 0
+        self.task = progress.add_task("Starting", total=None, since=time.monotonic(), done=0)
         self.started = time.monotonic()
+        self.done = 0  # candidates cross-validated (or cut short) so far
 
     def __call__(self, kind: str, **info: Any) -> None:
         p = self.progress
         if kind == "stage":
             p.update(self.task, description=info["name"])
+        elif kind == "budget":
+            self.done = 0
+            p.update(self.task, budget=info["seconds"], since=time.monotonic(), done=0)
         elif kind == "note":
-            p.console.print(f"  [cyan]i[/] {info['text']}")
+            p.console.print(f"  [cyan]i[/] {escape(info['text'])}")
         elif kind == "validation":
             table = validation_table(info["report"])
             if table is not None:
                 p.console.print(table)
         elif kind == "candidate_start":
-            self.total += info["folds"]
-            p.update(self.task, total=self.total, description=f"Cross-validating {info['name']}")
+            p.update(self.task, description=f"Cross-validating {info['name']}")
         elif kind == "fold_done":
-            p.advance(self.task)
+            p.update(
+                self.task,
+                description=f"Cross-validating {info['name']} (fold {info['fold']} done)",
+            )
         elif kind == "candidate_done":
             r = info["result"]
-            metric = info["metric"]
-            if r.status == "ok":
-                p.console.print(
-                    f"  [green]✓[/] {r.name:<24} {metric} {fmt(r.mean(metric))} ± "
-                    f"{fmt(r.std(metric), 3)}  [dim]{r.fit_seconds:.1f}s[/]"
-                )
-            else:
-                p.console.print(f"  [yellow]–[/] {r.name:<24} [dim]{r.status}: {r.reason}[/]")
+            if r.status != "skipped":
+                self.done += 1
+                p.update(self.task, done=self.done)
+            p.console.print(candidate_line(r, info["metric"]))
+
+
+def _progress_columns() -> tuple[ProgressColumn, ...]:
+    return (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BudgetBar(),
+        BudgetClock(),
+    )
 
 
 @contextmanager
 def train_progress() -> Iterator[TrainProgress]:
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with Progress(*_progress_columns(), console=console, transient=True) as progress:
         yield TrainProgress(progress)
 
 
@@ -290,11 +359,28 @@ class PipelineProgress(TrainProgress):
     def __call__(self, kind: str, **info: Any) -> None:
         p = self.progress
         if kind == "step_start":
-            p.update(self.task, description=f"Pipeline: {info['name']}", total=None)
+            p.update(
+                self.task,
+                description=f"Pipeline: {info['name']}",
+                budget=None,
+                since=time.monotonic(),
+            )
         elif kind == "step":
-            p.console.print(f"[bold green]✓[/] {info['name']:<8} {_step_note(info['result'])}")
+            mark = step_mark(info["result"])
+            p.console.print(f"{mark} {info['name']:<8} {_step_note(info['result'])}")
         else:
             super().__call__(kind, **info)
+
+
+def step_mark(result: Any) -> str:
+    """A red cross for a step whose check failed (the gate), a yellow dash for a step that
+    did nothing because of it (no promotion), a green tick otherwise."""
+    name = type(result).__name__
+    if name == "Decision" and not result.passed:
+        return "[bold red]✗[/]"
+    if name == "Promotion" and not result.promoted:
+        return "[yellow]–[/]"
+    return "[bold green]✓[/]"
 
 
 def _step_note(result: Any) -> str:
@@ -332,15 +418,7 @@ def _step_note(result: Any) -> str:
 
 @contextmanager
 def pipeline_progress() -> Iterator[PipelineProgress]:
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with Progress(*_progress_columns(), console=console, transient=True) as progress:
         yield PipelineProgress(progress)
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, Template
+from markupsafe import Markup, escape
 
 from shipml.evaluation import plots
 from shipml.evaluation.inspection import (
@@ -153,34 +154,71 @@ def _findings(report: ValidationReport) -> list[dict[str, Any]]:
     ]
 
 
+# Trials of one family shown in the leaderboard; the family's others fold away below it.
+LEADERBOARD_PER_FAMILY = 3
+
+
+def _header(metric: str) -> Markup:
+    """A metric's column header that may break after its underscores when it is long
+    (balanced_accuracy): five metrics side by side otherwise make the table wider than the
+    page."""
+    if len(metric) <= 10:
+        return escape(metric)
+    return Markup("_<wbr>").join(escape(part) for part in metric.split("_"))
+
+
 def _leaderboard(board: Leaderboard) -> dict[str, Any]:
+    """The leaderboard's rows, ranked: each family's best ``LEADERBOARD_PER_FAMILY`` trials
+    (and every ensemble) in ``rows``; the rest of each family in ``folded``, one group per
+    family, for a <details> each."""
     present = {m for r in board.results for m in r.fold_scores}
     metrics = [board.metric] + [m for m in board.metrics if m != board.metric and m in present]
     rank = {id(r): i + 1 for i, r in enumerate(board.ranked())}
     ordered = sorted(board.results, key=lambda r: (id(r) not in rank, rank.get(id(r), 0)))
-    rows = []
+    rows: list[dict[str, Any]] = []
+    folded: dict[str, list[dict[str, Any]]] = {}
+    shown: dict[str, int] = {}
     for r in ordered:
+        # The spread over folds of the metric that ranks them; the others' in a tooltip (five
+        # metrics with theirs make the table wider than the page).
         scores = [
-            f"{fmt_num(r.mean(m))} ± {fmt_num(r.std(m))}" if m in r.fold_scores else "—"
-            for m in metrics
+            {
+                "text": f"{fmt_num(r.mean(m))}" + (f" ± {fmt_num(r.std(m))}" if i == 0 else ""),
+                "title": f"± {fmt_num(r.std(m))} over the folds",
+            }
+            if m in r.fold_scores
+            else {"text": "—", "title": ""}
+            for i, m in enumerate(metrics)
         ]
-        members = ", ".join(f"{name} ×{weight}" for name, weight in r.members.items())
+        makeup = ", ".join(f"{family} ×{n}" for family, n in board.makeup(r))
+        members = f"{len(r.members)} models: {makeup}" if r.members else ""
         if r.stack_inputs:
             members = "on the columns and the predictions of " + ", ".join(r.stack_inputs)
-        rows.append(
-            {
-                "rank": rank.get(id(r), "—"),
-                "best": rank.get(id(r)) == 1,
-                "model": r.name,
-                "baseline": r.baseline,
-                "members": members,
-                "status": r.status,
-                "scores": scores,
-                "seconds": f"{r.fit_seconds:.1f}",
-                "reason": r.reason,
-            }
-        )
-    return {"metrics": metrics, "rows": rows}
+        row = {
+            "rank": rank.get(id(r), "—"),
+            "best": rank.get(id(r)) == 1,
+            "model": r.name,
+            "baseline": r.baseline,
+            "members": members,
+            "status": r.status,
+            "scores": scores,
+            "seconds": f"{r.fit_seconds:.1f}",
+            "reason": r.reason,
+        }
+        family = r.family or r.name
+        if shown.get(family, 0) < LEADERBOARD_PER_FAMILY:
+            shown[family] = shown.get(family, 0) + 1
+            rows.append(row)
+        else:
+            folded.setdefault(family, []).append(row)
+    groups = [{"family": f, "rows": more} for f, more in folded.items()]
+    return {
+        "metrics": metrics,
+        "headers": [_header(m) for m in metrics],
+        "rows": rows,
+        "folded": groups,
+        "per_family": LEADERBOARD_PER_FAMILY,
+    }
 
 
 def _test_metrics(metrics: dict[str, float], primary: str) -> list[dict[str, Any]]:

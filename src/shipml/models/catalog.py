@@ -81,10 +81,11 @@ class Family:
         the original scale."""
         merged = {**self.defaults, **(params or {})}
         transform = merged.pop(TARGET_TRANSFORM, None)
+        shift = float(merged.pop(TARGET_SHIFT, 0.0))
         estimator = self.make(merged, seed)
         if transform == "log":
             return TransformedTargetRegressor(
-                regressor=estimator, transformer=LogTarget(), check_inverse=False
+                regressor=estimator, transformer=LogTarget(shift=shift), check_inverse=False
             )
         return estimator
 
@@ -92,7 +93,15 @@ class Family:
 class LogTarget(TransformerMixin, BaseEstimator):
     """log1p of a non-negative target, and back. Predictions come back clipped to one unit
     (a factor of e) beyond the training range on the log scale: an extrapolating linear model
-    cannot overflow expm1 into inf."""
+    cannot overflow expm1 into inf.
+
+    A model fitted on log1p(y) predicts about the mean of log1p(y), whose expm1 is below the
+    mean of y (by Jensen's inequality; on counts with many zeros by a third). ``shift`` is the
+    correction, on the log scale: predictions are ``expm1(z + shift)``, that is (1 + y) scaled
+    by ``exp(shift)``. The search learns it out of fold (``shipml.training.search.debias``)."""
+
+    def __init__(self, shift: float = 0.0) -> None:
+        self.shift = shift
 
     def fit(self, y: Any, _: Any = None) -> LogTarget:
         logged = np.log1p(np.asarray(y, dtype=float))
@@ -104,10 +113,14 @@ class LogTarget(TransformerMixin, BaseEstimator):
         return np.log1p(np.asarray(y, dtype=float))
 
     def inverse_transform(self, y: Any) -> np.ndarray:
-        return np.expm1(np.clip(np.asarray(y, dtype=float), self.low_, self.high_))
+        logged = np.clip(np.asarray(y, dtype=float), self.low_, self.high_)
+        shift = getattr(self, "shift", 0.0)  # a model registered before the correction has none
+        return np.expm1(logged + shift if shift else logged)
 
 
 TARGET_TRANSFORM = "target_transform"  # a config key Family.build takes, not the estimator
+# ... and the log target's bias correction (LogTarget's shift), learned out of fold.
+TARGET_SHIFT = "target_shift"
 
 
 def _lightgbm(task: str) -> Callable[[Params, int], BaseEstimator]:

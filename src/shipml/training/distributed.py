@@ -253,7 +253,12 @@ class RaySearch(Search):
         """Every run of the opening starts at once; they are read back in order."""
         plans = []
         for family, trial, config in self.opening():
+            config = self._with_transform(family, config)  # decided since the plan was made
             out_of_time = not family.baseline and self.time_left() <= 0
+            if trial == 0 and not out_of_time and self.compares(family):
+                # The runs after it learn the target the way this decides: it goes first.
+                self.compare_transforms(family, config)
+                continue
             launched = None if out_of_time else self.launch(family, config)
             plans.append((family, trial, config, launched))
         for family, trial, config, launched in plans:
@@ -263,6 +268,7 @@ class RaySearch(Search):
                 self.evaluate(
                     family, trial, config, budgeted=not family.baseline, launched=launched
                 )
+        self.settle_transform()
 
     def cost(self, family: Family, config: Params | None = None) -> float:
         """Wall-clock seconds: a trial's folds run side by side, sharing the cluster's CPUs

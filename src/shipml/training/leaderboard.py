@@ -71,6 +71,19 @@ class Leaderboard:
         ranked = self.ranked()
         return ranked[0] if ranked else None
 
+    def makeup(self, result: CandidateResult) -> list[tuple[str, int]]:
+        """An ensemble's members (a second layer's inputs) counted by family, the family with
+        the most weight first: [("catboost", 3), ("lightgbm", 2), ...]."""
+        family_of = {r.name: r.family or r.name for r in self.results}
+        members = result.members or dict.fromkeys(result.stack_inputs, 1)
+        weight: dict[str, float] = {}
+        count: dict[str, int] = {}
+        for name, w in members.items():
+            family = family_of.get(name, name)
+            weight[family] = weight.get(family, 0.0) + w
+            count[family] = count.get(family, 0) + 1
+        return [(f, count[f]) for f in sorted(weight, key=lambda f: -weight[f])]
+
     def to_records(self) -> list[dict[str, Any]]:
         rank = {id(r): i + 1 for i, r in enumerate(self.ranked())}
         rows = []

@@ -21,6 +21,7 @@ from shipml.evaluation.metrics import METRICS
 from shipml.evaluation.report import ReportInputs, build_report, write_report
 from shipml.models.bagged import BaggedEnsemble, labels_for
 from shipml.training.final import ThresholdChoice, one_fit_seconds
+from shipml.training.search import TransformChoice
 
 MIN_REPORT_S = 4.0  # the report gets at least this, even when the budget is spent
 IMPORTANCE_SHARE = 0.4  # of the report's time; the learning curves get the rest
@@ -165,7 +166,11 @@ def plan_report(
 
 
 def report_notes(
-    config: ProjectConfig, trials: int, weight_reason: str, choice: ThresholdChoice | None
+    config: ProjectConfig,
+    trials: int,
+    weight_reason: str,
+    choice: ThresholdChoice | None,
+    transform: TransformChoice | None = None,
 ) -> list[str]:
     notes = [
         f"search: {config.training.search}, {trials} trials after each family's defaults"
@@ -178,6 +183,14 @@ def report_notes(
             f"out-of-fold predictions: {choice.score:.4f} there against {choice.score_at_half:.4f}"
             " at 0.5 (optimistic: chosen on the same predictions)"
         )
+    if transform is not None:
+        note = f"{transform.line()} (training.target_transform: {transform.setting})"
+        if transform.transform == "log":
+            note += (
+                "; back on the original scale, predictions are scaled by a factor learned out "
+                "of fold so that their mean matches the target's"
+            )
+        notes.append(note)
     return notes
 
 

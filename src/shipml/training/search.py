@@ -40,7 +40,7 @@ from shipml.config import ComputeConfig, TrainingConfig
 from shipml.errors import ConfigError, ShipmlError
 from shipml.evaluation.metrics import METRICS
 from shipml.models.bagged import stack_features
-from shipml.models.catalog import TARGET_TRANSFORM, Family, Params
+from shipml.models.catalog import TARGET_SHIFT, TARGET_TRANSFORM, Family, Params
 from shipml.training.ensemble import greedy_ensemble
 from shipml.training.folds import Fold, FoldSet
 from shipml.training.leaderboard import CandidateResult, Leaderboard, fold_metrics, fold_output
@@ -59,12 +59,58 @@ STACK_FAMILY = "lightgbm"  # its model: fast, and strong on columns of mixed kin
 STACK_INPUTS = 4  # first-layer families it sees (each family's best candidate)
 # Of LightGBM's defaults' time: with the first layer's columns it took 2.9 times as long.
 STACK_COST_FACTOR = 3.0
+AUTO = "auto"  # target_transform: learn both ways on the first strong family, keep the better
+LOG_SUFFIX = "-log"  # the name of that family's defaults fitted on log1p(y)
 
 
 def cv_metrics(task: str, primary: str) -> tuple[str, ...]:
     """The metrics computed on every fold: the primary one first."""
     pool = CLASSIFICATION_CV_METRICS if task == "classification" else REGRESSION_CV_METRICS
     return (primary, *[m for m in pool if m != primary])
+
+
+@dataclass
+class TransformChoice:
+    """How the regression target is learned: as is, or on log1p(y), and why. With
+    ``target_transform: auto`` the first strong family's defaults were cross-validated both
+    ways on the same folds (``scores``: the project's metric, "log" and "none")."""
+
+    transform: str | None  # "log" or None
+    setting: str  # training.target_transform
+    reason: str
+    family: str = ""
+    metric: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.transform or "none"
+
+    def line(self) -> str:
+        """One line for the terminal and the report."""
+        if not self.scores:
+            return f"target transform: {self.name} ({self.reason})"
+        log, none = self.scores.get("log", math.nan), self.scores.get("none", math.nan)
+        chosen, other = (("log1p(y)", log), ("y as is", none))[:: 1 if self.transform else -1]
+        return (
+            f"target transform: {self.name}, by cross-validation of {self.family}: "
+            f"{self.metric} {_score(chosen[1])} learning {chosen[0]} vs {_score(other[1])} "
+            f"learning {other[0]}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "transform": self.name,
+            "setting": self.setting,
+            "reason": self.reason,
+            "compared_on": self.family or None,
+            "metric": self.metric or None,
+            "cv_scores": dict(self.scores),
+        }
+
+
+def _score(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 @dataclass
@@ -75,6 +121,7 @@ class SearchResult:
     folds: FoldSet
     history: list[dict[str, Any]] = field(default_factory=list)
     trials: int = 0  # search trials run after the defaults
+    target_transform: TransformChoice | None = None  # regression only
 
 
 @dataclass
@@ -130,6 +177,7 @@ class Search:
         reserve: Callable[[list[CandidateResult]], float] | None = None,
         target_transform: str | None = None,
         fixed: dict[str, Params] | None = None,
+        transform_reason: str = "",
     ) -> None:
         self.families = families
         self.folds = folds
@@ -140,7 +188,14 @@ class Search:
         self.seed = training.seed
         self.deadline = deadline
         self.class_weight = class_weight  # "balanced" for the defaults, or None
-        self.target_transform = target_transform  # "log" for every regression family, or None
+        # "log" for every regression family, None, or "auto" until compare_transforms decides
+        self.target_transform = target_transform
+        self.transform_reason = transform_reason
+        self.transform_choice: TransformChoice | None = None
+        if task == "regression" and target_transform != AUTO:
+            self.transform_choice = TransformChoice(
+                target_transform, training.target_transform, transform_reason
+            )
         self.fixed = fixed or {}  # training.params: per family, values every trial keeps
         self.emit = on_event or (lambda *a, **k: None)
         self.reserve = reserve or (lambda results: 0.0)
@@ -201,12 +256,14 @@ class Search:
         report: Callable[[int, float], bool] | None = None,
         budgeted: bool = True,
         launched: Any = None,
+        name: str = "",
     ) -> CandidateResult:
         """Cross-validate ``family`` with ``config`` fold by fold. ``report(step, value)``
         returning True prunes it; with ``budgeted``, it stops when the clock says its
         remaining folds would not finish in time. ``launched``: what ``launch`` returned when
-        its folds were started ahead."""
-        name = family.name if trial == 0 else f"{family.name}#{trial}"
+        its folds were started ahead. A model of log1p(y) gets its back-transform's bias
+        corrected out of fold (``debias``)."""
+        name = name or (family.name if trial == 0 else f"{family.name}#{trial}")
         estimator = family.build(self.seed, config)
         result = CandidateResult(
             name,
@@ -237,6 +294,8 @@ class Search:
                 ):
                     result.status, result.reason = "pruned", f"pruned after {i + 1}/{n} folds"
                     break
+        if config.get(TARGET_TRANSFORM) == "log":
+            self.debias(result, models)
         if result.status == "ok" and family.bag and not self.folds.ordered:
             # One pass over the rows is enough to bag; more would only slow predictions down.
             result.fold_models = models[: self.folds.per_repeat]
@@ -260,6 +319,27 @@ class Search:
             result.fold_scores.setdefault(m, []).append(v)
         self.emit("fold_done", name=result.name, fold=i + 1, score=outcome.scores[self.metric])
         return True
+
+    def debias(self, result: CandidateResult, models: list[Any]) -> None:
+        """Correct the back-transform of a candidate fitted on log1p(y) (see ``debias_shifts``):
+        each fold's output and model by the shift learned on the other folds, its scores
+        recomputed; the shift learned on every fold goes into its config, for a refit."""
+        targets = [f.y_valid for f in self.folds.folds[: len(result.fold_outputs)]]
+        shifts = debias_shifts(result.fold_outputs, targets, self.folds.per_repeat)
+        if shifts is None:
+            return
+        per_fold, overall = shifts
+        result.fold_scores = {}
+        for k, (fold, shift) in enumerate(zip(self.folds.folds, per_fold, strict=False)):
+            corrected = np.expm1(np.log1p(result.fold_outputs[k]) + shift)
+            result.fold_outputs[k] = corrected
+            for m, v in fold_metrics(fold.y_valid, corrected, None, self.metrics).items():
+                result.fold_scores.setdefault(m, []).append(v)
+            transformer = getattr(models[k] if k < len(models) else None, "transformer_", None)
+            if transformer is not None:
+                transformer.shift = shift
+        result.config[TARGET_SHIFT] = overall
+        result.params["target_bias_factor"] = round(math.exp(overall), 6)
 
     def launch(self, family: Family, config: Params) -> Any:
         """Start cross-validating a candidate ahead of ``evaluate`` (a cluster does: see
@@ -300,10 +380,15 @@ class Search:
             r.fold_models = []
 
     def skipped(
-        self, family: Family, reason: str, trial: int = 0, config: Params | None = None
+        self,
+        family: Family,
+        reason: str,
+        trial: int = 0,
+        config: Params | None = None,
+        name: str = "",
     ) -> None:
         result = CandidateResult(
-            family.name if trial == 0 else f"{family.name}#{trial}",
+            name or (family.name if trial == 0 else f"{family.name}#{trial}"),
             family.description,
             family.baseline,
             dict(config or {}),
@@ -324,9 +409,62 @@ class Search:
         return self._with_transform(family, config)
 
     def _with_transform(self, family: Family, config: Params) -> Params:
-        if self.target_transform and family.target_transform:
-            config[TARGET_TRANSFORM] = self.target_transform
+        """``config`` with the target transform decided so far (none while ``auto`` waits for
+        ``compare_transforms``)."""
+        config.pop(TARGET_TRANSFORM, None)
+        if self.target_transform == "log" and family.target_transform:
+            config[TARGET_TRANSFORM] = "log"
         return config
+
+    def compares(self, family: Family) -> bool:
+        """Whether ``family``'s defaults decide ``target_transform: auto``: the first strong
+        family (not a baseline) that can learn a transformed target."""
+        return (
+            self.target_transform == AUTO
+            and self.transform_choice is None
+            and family.target_transform
+            and not family.baseline
+        )
+
+    def compare_transforms(self, family: Family, config: Params, launched: Any = None) -> None:
+        """Cross-validate ``family``'s defaults as is and on log1p(y), on the same folds, and
+        keep the log only where it scores better on the project's metric (over the folds both
+        finished). Every later candidate learns the target the way chosen."""
+        plain = self.evaluate(family, 0, config, budgeted=True, launched=launched)
+        logged_config = {**config, TARGET_TRANSFORM: "log"}
+        name = family.name + LOG_SUFFIX
+        if self.time_left() <= self.opening_cost(family, 0, config):
+            self.skipped(family, "time budget used up", 0, logged_config, name=name)
+            self.decide(family, plain, None)
+        else:
+            logged = self.evaluate(family, 0, logged_config, budgeted=True, name=name)
+            self.decide(family, plain, logged)
+
+    def decide(
+        self, family: Family, plain: CandidateResult, logged: CandidateResult | None
+    ) -> None:
+        none_scores = plain.fold_scores.get(self.metric, [])
+        log_scores = logged.fold_scores.get(self.metric, []) if logged else []
+        shared = min(len(none_scores), len(log_scores))
+        scores: dict[str, float] = {}
+        if shared:
+            scores = {
+                "log": float(np.mean(log_scores[:shared])),
+                "none": float(np.mean(none_scores[:shared])),
+            }
+            chosen = "log" if self.sign * scores["log"] > self.sign * scores["none"] else None
+            reason = f"cross-validated both ways on {family.name}"
+            if shared < len(self.folds):
+                reason += f" ({shared} of {len(self.folds)} folds)"
+        elif log_scores:
+            chosen, reason = "log", f"{family.name} failed as is, not on log1p(y)"
+        else:
+            chosen, reason = None, f"not compared: {family.name} on log1p(y) did not run"
+        self.target_transform = chosen
+        self.transform_choice = TransformChoice(
+            chosen, AUTO, f"{self.transform_reason}; {reason}", family.name, self.metric, scores
+        )
+        self.emit("note", text=self.transform_choice.line())
 
     def portfolio_config(self, family: Family, config: Params) -> Params:
         """A portfolio configuration as a trial runs it: the defaults' class weighting."""
@@ -347,10 +485,23 @@ class Search:
 
     def run_defaults(self) -> None:
         for family, trial, config in self.opening():
+            config = self._with_transform(family, config)  # decided since the plan was made
             if not family.baseline and self.time_left() <= self.opening_cost(family, trial, config):
                 self.skipped(family, "time budget used up", trial, config)
                 continue
+            if trial == 0 and self.compares(family):
+                self.compare_transforms(family, config)
+                continue
             self.evaluate(family, trial, config, budgeted=not family.baseline)
+        self.settle_transform()
+
+    def settle_transform(self) -> None:
+        """``auto`` with no strong family run to compare on: the target is learned as is."""
+        if self.target_transform == AUTO:
+            self.target_transform = None
+            self.transform_choice = TransformChoice(
+                None, AUTO, f"{self.transform_reason}; not compared: no strong family ran"
+            )
 
     def opening_cost(self, family: Family, trial: int, config: Params) -> float:
         """The least a run of the opening is expected to take: an early portfolio configuration
@@ -498,13 +649,24 @@ class Search:
         weighted = family.class_weight and self.task == "classification"
 
         def as_trial(config: Params) -> Params:
-            values = {k: v for k, v in config.items() if k != TARGET_TRANSFORM and k not in fixed}
+            values = {
+                k: v
+                for k, v in config.items()
+                if k not in (TARGET_TRANSFORM, TARGET_SHIFT) and k not in fixed
+            }
             if weighted:
                 values["class_weight"] = config.get("class_weight") or "none"
             return values
 
+        chosen = "log" if self.target_transform == "log" and family.target_transform else None
         opened = sorted(
-            (r for r in self.results if r.family == family.name and r.trial <= family.early),
+            (
+                r
+                for r in self.results
+                if r.family == family.name
+                and r.trial <= family.early
+                and r.config.get(TARGET_TRANSFORM) == chosen  # not the other way compared
+            ),
             key=lambda r: r.trial,
         )
         for r in opened:
@@ -639,6 +801,8 @@ class Search:
             outcome = fit_fold(estimator, augmented, self.task, self.folds.classes, self.metrics)
             if not self._record(result, outcome, models, i):
                 break
+        if config.get(TARGET_TRANSFORM) == "log":
+            self.debias(result, models)
         if result.status == "ok":
             result.fold_models = models
         self.emit("candidate_done", result=result, folds=n, metric=self.metric)
@@ -733,23 +897,28 @@ def run_search(
     target_transform: str | None = None,
     fixed: dict[str, Params] | None = None,
     compute: ComputeConfig | None = None,
+    transform_reason: str = "",
 ) -> SearchResult:
-    """Defaults, then the configured search, then the ensemble: see the module docstring."""
+    """Defaults, then the configured search, then the ensemble: see the module docstring.
+    ``target_transform``: "log", None, or "auto" (``Search.compare_transforms``)."""
     args = (families, folds, task, metric, training, deadline, class_weight, on_event, reserve)
+    transform = (target_transform, fixed, transform_reason)
     if compute is not None and compute.engine == "ray":
         from shipml.training import distributed
 
         with distributed.connect(compute) as cluster:
             search: Search = distributed.RaySearch(
-                cluster, *args, target_transform, fixed, parallel=compute.parallel_trials
+                cluster, *args, *transform, parallel=compute.parallel_trials
             )
             return _searched(search, training, grid)
-    return _searched(Search(*args, target_transform, fixed), training, grid)
+    return _searched(Search(*args, *transform), training, grid)
 
 
 def _searched(
     search: Search, training: TrainingConfig, grid: dict[str, dict[str, list[Any]]] | None
 ) -> SearchResult:
+    if search.transform_choice is not None:  # decided already (auto decides in run_defaults)
+        search.emit("note", text=search.transform_choice.line())
     search.run_defaults()
     if training.search == "optuna":
         search.run_optuna(training.trials)
@@ -759,7 +928,9 @@ def _searched(
         search.run_stack(exact=training.trials is not None)
         search.run_ensemble()
     board = Leaderboard(metric=search.metric, metrics=search.metrics, results=search.results)
-    return SearchResult(board, search.folds, search.history(), search.trials)
+    return SearchResult(
+        board, search.folds, search.history(), search.trials, search.transform_choice
+    )
 
 
 def stacked_columns(inputs: list[CandidateResult], folds: FoldSet, task: str) -> np.ndarray:
@@ -774,6 +945,42 @@ def stacked_columns(inputs: list[CandidateResult], folds: FoldSet, task: str) ->
             full[fold.valid_index] = output
         outputs.append(full)
     return stack_features(outputs, task)
+
+
+def debias_shifts(
+    outputs: list[np.ndarray], targets: list[pd.Series], per_repeat: int | None = None
+) -> tuple[list[float], float] | None:
+    """The back-transform's bias correction of a model fitted on log1p(y), from its
+    out-of-fold predictions (``outputs``, fold by fold, already back-transformed): for each
+    fold, the shift learned on the *other* folds' rows (of its own pass over the rows, where
+    k-fold is repeated every ``per_repeat`` folds and another pass holds the fold's own rows;
+    every other fold where its pass was cut short); and the shift learned on all of them (for
+    a model refitted on every row). None with fewer than two folds.
+
+    The correction is a mean-matching factor on (1 + y): exp(shift) = sum(1 + y) /
+    sum(1 + prediction) over rows the model did not see, so predictions scaled by it sum to
+    the true total out of fold. Duan's smearing estimate, the mean of exp(residual), is the
+    textbook alternative, but it assumes the log-scale errors do not depend on the row: on a
+    count with many zeros they are far wider for the small counts than for the large ones, and
+    smearing then over-corrects the large predictions. The ratio of totals needs no such
+    assumption and is what a user adding predictions up sees. Learned out of fold, because a
+    model's residuals on its own training rows are too small (boosted trees fit part of the
+    noise) and would under-correct."""
+    if len(outputs) < 2:
+        return None
+    truth = np.array([float(np.sum(np.asarray(y, dtype=float) + 1.0)) for y in targets])
+    predicted = np.array([float(np.sum(np.asarray(o, dtype=float) + 1.0)) for o in outputs])
+    if not (np.all(np.isfinite(truth)) and np.all(np.isfinite(predicted))):
+        return None
+    index = np.arange(len(outputs))
+    passes = index // (per_repeat or len(outputs))
+    others = []
+    for k in index:
+        mates = (passes == passes[k]) & (index != k)
+        if not mates.any():
+            mates = index != k
+        others.append(math.log(truth[mates].sum() / predicted[mates].sum()))
+    return others, math.log(truth.sum() / predicted.sum())
 
 
 def _plain_params(estimator: Any) -> dict[str, Any]:
@@ -806,11 +1013,15 @@ LOG_TARGET_SKEW = 1.0
 
 
 def target_transform_policy(setting: str, y: pd.Series, task: str) -> tuple[str | None, str]:
-    """('log' or None, why). ``auto`` learns a non-negative, right-skewed regression target
-    (prices, counts, durations) as log1p(y): the trees then split on relative differences and
-    the squared error no longer chases the few largest values."""
-    if task != "regression" or setting == "none":
+    """('log', None or 'auto', why). With ``auto``, a non-negative, right-skewed regression
+    target (prices, counts, durations) is a candidate for log1p(y): the trees then split on
+    relative differences and the squared error no longer chases the few largest values. But
+    skew alone does not say it helps (a count with many zeros is skewed and learned worse on
+    the log scale), so 'auto' is returned and the search decides by cross-validation."""
+    if task != "regression":
         return None, "off"
+    if setting == "none":
+        return None, "training.target_transform: none"
     values = pd.to_numeric(y, errors="coerce").astype(float)
     lowest = float(values.min())
     if setting == "log":
@@ -823,5 +1034,5 @@ def target_transform_policy(setting: str, y: pd.Series, task: str) -> tuple[str 
         return "log", "training.target_transform: log"
     skew = float(scipy.stats.skew(values.dropna().to_numpy()))
     if lowest >= 0 and skew >= LOG_TARGET_SKEW:
-        return "log", f"target >= 0 with skewness {skew:.2f}"
+        return AUTO, f"target >= 0 with skewness {skew:.2f}"
     return None, f"skewness {skew:.2f}" + ("" if lowest >= 0 else ", negative values")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import subprocess
 import time
@@ -57,10 +58,17 @@ from shipml.training.reporting import (
 )
 from shipml.training.search import (
     EventHandler,
+    TransformChoice,
     class_weight_policy,
     run_search,
     target_transform_policy,
 )
+
+# MLflow 3 writes "View run ... at: <url>" and "View experiment at: <url>" to stdout whenever a
+# run on a tracking server ends: two lines per trial (each is a child run) in the middle of the
+# progress output. The run's address is in the summary; a user who wants the lines back sets
+# the variable to false.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 # Seconds kept back from the budget for the refit's bookkeeping: evaluation and MLflow logging
 # (on a budget under 20 s, 15 % of it: 1.5 s of 10 s, where the finish reserve keeps 3.5 s more).
@@ -140,6 +148,7 @@ def build_manifest(
     candidates: int,
     family: str,
     test_metrics: dict[str, float],
+    target_transform: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything needed to rebuild a version and check the rebuild (`shipml reproduce`):
     the config as used, the data's fingerprint, seeds, code and environment, search and
@@ -177,7 +186,7 @@ def build_manifest(
             "budget_s": round(budget, 3),
             "used_s": round(elapsed, 3),
         },
-        "model": {"family": family},
+        "model": {"family": family, "target_transform": target_transform},
         "git": {
             "commit": git.get("shipml.git_commit"),
             "dirty": git.get("shipml.git_dirty") == "true" if git else None,
@@ -370,6 +379,20 @@ def epoch_series(model: BaggedEnsemble) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
+def transform_params(choice: TransformChoice | None) -> dict[str, Any]:
+    """How the target was learned, as run params: the transform, why, and with ``auto`` both
+    cross-validated scores."""
+    if choice is None:
+        return {"target_transform": "none", "target_transform_reason": "off"}
+    params: dict[str, Any] = {
+        "target_transform": choice.name,
+        "target_transform_reason": choice.reason,
+    }
+    for way, score in choice.scores.items():
+        params[f"target_transform_cv_{choice.metric}_{way}"] = f"{score:.6g}"
+    return params
+
+
 def _no_model_error(leaderboard: Leaderboard) -> TrainingError:
     reasons: dict[str, list[str]] = {}
     for r in leaderboard.results:
@@ -471,6 +494,7 @@ def train(
     budget = float(time_budget if time_budget is not None else config.training.time_budget_s)
     if budget <= 0:
         raise TrainingError(f"time budget must be positive (got {budget})", "pass a number > 0")
+    emit("budget", seconds=budget)
     deadline = started + budget - budget_overhead(budget)
     if config.compute.engine == "ray":  # no Ray or no cluster: say so before reading the data
         from shipml.training import distributed
@@ -573,6 +597,7 @@ def train(
                 on_event=on_candidate,
                 reserve=reserve,
                 target_transform=target_transform,
+                transform_reason=transform_reason,
                 fixed=fixed,
                 compute=config.compute,
             )
@@ -601,8 +626,7 @@ def train(
                 "search_trials": search.trials,
                 "class_weight": class_weight or "none",
                 "class_weight_reason": weight_reason,
-                "target_transform": target_transform or "none",
-                "target_transform_reason": transform_reason,
+                **transform_params(search.target_transform),
                 "decision_threshold": "none" if threshold is None else f"{threshold:.4f}",
             }
         )
@@ -669,6 +693,9 @@ def train(
             candidates=len(leaderboard.results),
             family=best.name,
             test_metrics=test_metrics,
+            target_transform=(
+                search.target_transform.to_dict() if search.target_transform else None
+            ),
         )
         recorder.log_dict(manifest, registry.MANIFEST_ARTIFACT)
         version = registry.register(
@@ -729,7 +756,9 @@ def train(
                 "search_history": search.history,
                 "threshold": threshold,
                 "seed": seed,
-                "notes": report_notes(config, search.trials, weight_reason, choice),
+                "notes": report_notes(
+                    config, search.trials, weight_reason, choice, search.target_transform
+                ),
             },
             plan,
             learner,
