@@ -200,6 +200,9 @@ def test_a_dag_task_retries_only_faults_of_the_environment() -> None:
     assert "not retried" in str(failed.value) and "marked shipml.gate=failed" in str(failed.value)
     with pytest.raises(Fail, match=r"new.csv: bad \(fix it\)"):
         run_step(Fail, _raise(DataError("new.csv: bad", "fix it")))
+    # The step's own arguments pass through, `fail` (the gate's) among them.
+    with pytest.raises(Fail, match="AttributeError: 'NoneType' object has no attribute"):
+        run_step(Fail, steps.gate, None, fail=True)
 
 
 def test_the_exported_dag_retries_briefly(tmp_path: Path) -> None:

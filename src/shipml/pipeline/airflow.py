@@ -157,10 +157,10 @@ def retryable(err: BaseException) -> bool:
 
 
 def run_step(
-    fail: type[Exception], run: Callable[..., StepResult], *args: Any, **kwargs: Any
+    failure: type[Exception], run: Callable[..., StepResult], /, *args: Any, **kwargs: Any
 ) -> dict[str, Any]:
     """What a DAG task does: ``run(*args, **kwargs)``, its result as XCom stores it. An error
-    that a retry cannot fix is raised as ``fail`` (Airflow's AirflowFailException: the task
+    that a retry cannot fix is raised as ``failure`` (Airflow's AirflowFailException: the task
     fails at once, without its retries) with one line saying what and how to fix it; a fault
     of the environment is raised as it is, for the task's retries."""
     try:
@@ -170,9 +170,9 @@ def run_step(
             raise
         if isinstance(err, ShipmlError):
             hint = f" ({err.hint})" if err.hint else ""
-            raise fail(f"{err.message}{hint}") from err
+            raise failure(f"{err.message}{hint}") from err
         notes = "; ".join(getattr(err, "__notes__", []))
-        raise fail(
+        raise failure(
             f"{type(err).__name__}: {err}" + (f" ({notes})" if notes else "") + " - not retried: "
             "an error in shipml or in the data fails the same way again"
         ) from err
