@@ -191,7 +191,8 @@ def train(
             "[yellow]warning:[/] tracking_uri is a database server, but the artifacts (models, "
             f"reports) go to {project.root / '.shipml' / 'artifacts'} on this machine only: set "
             "artifact_location in shipml.yaml (s3://bucket/path, or a shared folder) so other "
-            "machines can load them"
+            "machines can load them",
+            soft_wrap=True,
         )
     try:
         with train_progress() as progress:
@@ -439,7 +440,7 @@ def ui(
     console.print(f"  runs:     {where.runs_url}", markup=False, soft_wrap=True)
     console.print(f"  registry: {where.models_url}", markup=False, soft_wrap=True)
     if where.command is not None:
-        raise typer.Exit(serve_until_stopped(where.command))
+        raise typer.Exit(serve_until_stopped(where.command, where.environment))
 
 
 @app.command()

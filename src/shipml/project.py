@@ -186,7 +186,7 @@ class Project:
             return TrackingUi(store.tracking_uri, store.experiment_id, store.model_name, None)
         base = f"http://{browse_host(host)}:{port}"
         command = reg.ui_command(store, host, port)
-        return TrackingUi(base, store.experiment_id, store.model_name, command)
+        return TrackingUi(base, store.experiment_id, store.model_name, command, reg.UI_ENVIRONMENT)
 
     def __repr__(self) -> str:
         return f"Project(name={self.config.name!r}, path={str(self.path)!r})"

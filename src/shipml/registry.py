@@ -55,6 +55,7 @@ from shipml.registry_read import (
     uri_scheme,
 )
 from shipml.registry_read import SHA_TAG as _SHA_TAG
+from shipml.registry_read import file_sha256 as _sha256
 
 for _name in ("mlflow", "alembic", "alembic.runtime.migration"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -788,19 +789,17 @@ def _model_file(model_dir: Path) -> str:
     return str(mlmodel["flavors"]["sklearn"]["pickled_model"])
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# A UI for one person: MLflow's job runner (a dozen processes for GenAI evaluation jobs, which
+# a shipml project never starts) stays off, and two web workers serve the pages.
+UI_ENVIRONMENT = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def ui_command(store: Store, host: str, port: int) -> list[str]:
     """The command line that serves the MLflow UI on the project's store (a database: SQLite
-    or a team's server); its artifacts are where the project's experiment keeps them."""
+    or a team's server), run with ``UI_ENVIRONMENT``; its artifacts are where the project's
+    experiment keeps them."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.tracking_uri]
-    cmd += ["--host", host, "--port", str(port)]
+    cmd += ["--host", host, "--port", str(port), "--workers", "2"]
     location = store.client.get_experiment(store.experiment_id).artifact_location
     if location:
         cmd += ["--default-artifact-root", location]

@@ -238,10 +238,11 @@ class LocalRegistry:
         return found
 
     def fast_copy(self, version: int) -> tuple[bytes, dict[str, Any]] | None:
-        """Version ``version``'s fast-inference copy (checked against the sha256 registered
-        with it) and the ``shipml`` metadata of its MLmodel file, read from the local artifact
-        folders; None when it has none, or anything is not where a local store keeps it (the
-        caller then loads through MLflow, which also says what is wrong)."""
+        """Version ``version``'s fast-inference copy and the ``shipml`` metadata of its MLmodel
+        file, read from the local artifact folders, when the copy and the model file both
+        match the sha256 registered with them (as a server checks both before it serves the
+        copy); None when there is no copy, a file is not where a local store keeps it, or a
+        checksum differs (the caller then loads through MLflow, which says what is wrong)."""
         tags = self.version_tags(version) or {}
         expected = tags.get(FAST_SHA_TAG)
         if not expected or not tags.get(SHA_TAG):
@@ -261,15 +262,22 @@ class LocalRegistry:
             return None
         try:
             data = (run_folder / FAST_ARTIFACT).read_bytes()
-            mlmodel = (model_folder / "MLmodel").read_text(encoding="utf-8")
-        except OSError:
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+            mlmodel = yaml.load((model_folder / "MLmodel").read_bytes(), Loader=loader)
+            flavor = mlmodel["flavors"]["sklearn"]
+            if flavor.get("serialization_format") != "skops":
+                return None
+            model_sha = file_sha256(model_folder / str(flavor["pickled_model"]))
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
             return None
-        if hashlib.sha256(data).hexdigest() != expected:
-            return None  # MLflow's path names the mismatch
-        return data, _shipml_metadata(mlmodel)
+        if hashlib.sha256(data).hexdigest() != expected or model_sha != tags[SHA_TAG]:
+            return None
+        return data, dict((mlmodel.get("metadata") or {}).get("shipml", {}))
 
 
-def _shipml_metadata(mlmodel: str) -> dict[str, Any]:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    document = yaml.load(mlmodel, Loader=loader) or {}
-    return dict((document.get("metadata") or {}).get("shipml", {}))
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -19,14 +19,8 @@ from shipml.data.coerce import Unreadable, check_input
 from shipml.data.labels import to_classes
 from shipml.data.schema import Schema
 from shipml.errors import DataError, InputSchemaError, faults_named
-from shipml.evaluation.metrics import (
-    classification_metrics,
-    classification_report_dict,
-    confusion,
-    regression_metrics,
-)
 from shipml.models.bagged import BaggedEnsemble, labels_for
-from shipml.registry import LoadedModel
+from shipml.registry_read import LoadedModel
 
 
 class Model:
@@ -228,6 +222,15 @@ class EvaluationResult:
 
 
 def evaluate(model: Model, df: pd.DataFrame, source: str = "input") -> EvaluationResult:
+    # Imported here, a measured start-up cost: scikit-learn's metrics take seconds to import,
+    # which `shipml predict` (this module, without evaluate) does not pay.
+    from shipml.evaluation.metrics import (
+        classification_metrics,
+        classification_report_dict,
+        confusion,
+        regression_metrics,
+    )
+
     target = model.schema.target
     if target not in df.columns:
         raise InputSchemaError(

@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from urllib.parse import quote
@@ -35,6 +35,7 @@ class TrackingUi:
     experiment_id: str
     model_name: str
     command: list[str] | None
+    environment: dict[str, str] = field(default_factory=dict)  # the command's, beside ours
 
     @property
     def runs_url(self) -> str:
@@ -69,10 +70,14 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop(signum)
 
 
-def serve_until_stopped(command: list[str], grace_s: float = 10.0) -> int:
-    """Run ``command`` in a new session until it exits, or until this process gets SIGTERM or
-    SIGINT: then the whole session is stopped (see ``stop_group``) and 0 is returned."""
-    proc = subprocess.Popen(command, start_new_session=True)
+def serve_until_stopped(
+    command: list[str], environment: dict[str, str] | None = None, grace_s: float = 10.0
+) -> int:
+    """Run ``command`` (with ``environment`` added to this process's) in a new session until
+    it exits, or until this process gets SIGTERM or SIGINT: then the whole session is stopped
+    (see ``stop_group``) and 0 is returned."""
+    env = {**os.environ, **(environment or {})}
+    proc = subprocess.Popen(command, start_new_session=True, env=env)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return proc.wait()
