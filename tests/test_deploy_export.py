@@ -745,6 +745,8 @@ def test_docker_export_with_a_tracking_server_pulls_the_champion_at_start(
         result = run_cli("export", "docker", "-c", config, "--out", out)
         assert result.exit_code == 0, result.all
         assert "pulled from the registry" in result.all
+        # The server here is on 127.0.0.1: inside a container that is the container itself.
+        assert f"tracking_uri {tracking} is a loopback address" in " ".join(result.all.split())
         text = (out / "Dockerfile").read_text()
         assert _hadolint(out / "Dockerfile") == ""
         assert (
