@@ -20,6 +20,7 @@ import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -123,10 +124,7 @@ def _datetime_text(
     if not value.strip():
         return None
     if date_format is not None:
-        stamp = parse_dates(pd.Series([value], dtype=object), date_format).iloc[0]
-        if stamp is pd.NaT:
-            raise ValueError(f"'{value[:40]}' is not {date_expected(date_format)}")
-        return stamp.tz_localize(None).isoformat()
+        return _in_format(value, date_format)
     try:
         stamp = pd.Timestamp(value)
     except (ValueError, OverflowError) as err:
@@ -134,6 +132,26 @@ def _datetime_text(
     if stamp is pd.NaT:
         return None
     return value
+
+
+def _in_format(value: str, date_format: str) -> str:
+    """``value`` read in the column's format, as naive ISO 8601 text (UTC). The standard
+    library reads a value in microseconds; pandas (as training read the column) is asked only
+    where it does not (nanoseconds, layouts only pandas' ISO 8601 parser takes)."""
+    text = value.strip()
+    try:
+        if date_format == ISO_FORMAT:
+            stamp = datetime.fromisoformat(text)
+        else:
+            stamp = datetime.strptime(text, date_format)
+        if stamp.tzinfo is not None:
+            stamp = stamp.astimezone(UTC).replace(tzinfo=None)
+        return stamp.isoformat()
+    except ValueError:
+        parsed = parse_dates(pd.Series([text], dtype=object), date_format).iloc[0]
+    if parsed is pd.NaT:
+        raise ValueError(f"'{value[:40]}' is not {date_expected(date_format)}")
+    return str(parsed.tz_localize(None).isoformat())
 
 
 # Checked by pydantic-core itself (no Python call per value): ints pass as floats, strings,
