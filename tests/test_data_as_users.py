@@ -279,6 +279,35 @@ def test_mixed_or_ambiguous_dates_are_refused_naming_the_column_and_the_key(
     assert "Traceback" not in result.all
 
 
+def test_train_refuses_an_ambiguous_date_column_until_data_date_format_settles_it(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(4)
+    days = pd.Timestamp("2023-01-01") + pd.to_timedelta(rng.integers(0, 365, 60), unit="D")
+    ambiguous = days.where(days.day <= 12, days.map(lambda d: d.replace(day=12)))
+    pd.DataFrame(
+        {"signed_on": ambiguous.strftime("%d/%m/%Y"), "x": rng.normal(size=60), "y": [0, 1] * 30}
+    ).to_csv(tmp_path / "train.csv", index=False)
+    config = tmp_path / "shipml.yaml"
+    raw = {
+        "name": "dates",
+        "data": {"path": "train.csv"},
+        "target": "y",
+        "training": {"models": ["random_forest"], "baselines": False, "trials": 0, "cv": 2},
+    }
+    config.write_text(yaml.safe_dump(raw))
+    refused = run_cli("train", "-c", config)
+    assert refused.exit_code == 2, refused.all
+    said = " ".join(refused.all.split())
+    assert "column 'signed_on'" in said and "ambiguous" in said and "data.date_format" in said
+    raw["data"]["date_format"] = {"signed_on": "%d/%m/%Y"}
+    config.write_text(yaml.safe_dump(raw))
+    trained = run_cli("train", "-c", config, "--time-budget", "30")
+    assert trained.exit_code == 0, trained.all
+    schema = Project.load(config).load_model("champion").schema
+    assert schema.columns["signed_on"].date_format == "%d/%m/%Y"
+
+
 def test_data_date_format_settles_an_ambiguous_column(tmp_path: Path) -> None:
     path = tmp_path / "dates.csv"
     pd.DataFrame({"signed_on": ["04/05/2023", "05/06/2023"] * 10, "y": [0, 1] * 10}).to_csv(
