@@ -17,10 +17,11 @@ import pytest
 import yaml
 
 from shipml import Project
-from shipml.config import DataConfig
+from shipml.config import DataConfig, SplitConfig
 from shipml.data.coerce import check_input
 from shipml.data.infer import infer_schema
 from shipml.data.sources import load_table, read_table_file
+from shipml.data.split import split_table
 from shipml.errors import DataError, InputSchemaError
 from shipml.scoring import issues_path
 from tests.conftest import run_cli
@@ -306,6 +307,15 @@ def test_train_refuses_an_ambiguous_date_column_until_data_date_format_settles_i
     assert trained.exit_code == 0, trained.all
     schema = Project.load(config).load_model("champion").schema
     assert schema.columns["signed_on"].date_format == "%d/%m/%Y"
+
+
+def test_a_time_split_orders_day_first_dates_by_day_first() -> None:
+    days = pd.date_range("2023-01-01", periods=40, freq="5D")  # 1 January to 15 July
+    df = pd.DataFrame({"when": days.strftime("%d/%m/%Y"), "x": range(40), "y": [0, 1] * 20})
+    train, test = split_table(df, infer_schema(df, "y"), SplitConfig(time_column="when"))
+    latest = pd.to_datetime(train["when"], format="%d/%m/%Y").max()
+    assert (pd.to_datetime(test["when"], format="%d/%m/%Y") > latest).all()
+    assert test["when"].iloc[-1] == "15/07/2023"
 
 
 def test_data_date_format_settles_an_ambiguous_column(tmp_path: Path) -> None:

@@ -32,12 +32,14 @@ def _folds(y: np.ndarray, classification: bool) -> list[tuple[np.ndarray, np.nda
     return list(splitter.split(np.zeros((len(y), 1)), y))
 
 
-def _numeric_feature(values: pd.Series, name: str, role: str) -> np.ndarray | None:
+def _numeric_feature(
+    values: pd.Series, name: str, role: str, date_format: str | None = None
+) -> np.ndarray | None:
     """Numbers for the tree; missing values get a value below all others, so missingness counts.
     None when the column does not convert (the schema checks report that elsewhere)."""
     try:
         if role == "datetime":
-            parsed = coerce_datetime(values, name)
+            parsed = coerce_datetime(values, name, date_format=date_format)
             x = parsed.to_numpy(dtype="datetime64[ns]").astype("int64").astype("float64")
             x[parsed.isna().to_numpy()] = np.nan
         else:
@@ -125,7 +127,7 @@ def single_feature_scores(
             n_codes = len(uniques)
             x = None
         else:
-            x = _numeric_feature(values, name, info.role)
+            x = _numeric_feature(values, name, info.role, info.date_format)
             if x is None:
                 continue
         scores = []

@@ -13,14 +13,15 @@ from shipml.data.schema import Schema
 from shipml.errors import DataError, InputSchemaError
 
 
-def _time_order(df: pd.DataFrame, column: str) -> np.ndarray:
-    """Row positions sorted by the time column (stable; rows without a time come first)."""
+def _time_order(df: pd.DataFrame, column: str, date_format: str | None = None) -> np.ndarray:
+    """Row positions sorted by the time column (stable; rows without a time come first);
+    ``date_format``: the column's, where the schema has one."""
     values = df[column]
     if pd.api.types.is_numeric_dtype(values.dtype) and values.dtype != bool:
         keys = pd.to_numeric(values, errors="coerce")
     else:
         try:
-            keys = coerce_datetime(values, column, "split.time_column")
+            keys = coerce_datetime(values, column, "split.time_column", date_format)
         except InputSchemaError as err:
             raise DataError(
                 f"split.time_column '{column}' holds values that are not dates ({err.message})",
@@ -59,7 +60,8 @@ def split_table(
                 "fix split.time_column in shipml.yaml, or remove it for a random split",
             )
         n_test = min(max(1, math.ceil(split.test_size * n)), n - 1)
-        order = _time_order(df, column)
+        info = schema.columns.get(column)
+        order = _time_order(df, column, info.date_format if info is not None else None)
         train = df.iloc[order[: n - n_test]]
         test = df.iloc[order[n - n_test :]]
         return train.reset_index(drop=True), test.reset_index(drop=True)
