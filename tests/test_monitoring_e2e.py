@@ -143,7 +143,8 @@ def _gauges(text: str) -> dict[str, float]:
     out = {}
     for line in text.splitlines():
         match = re.match(
-            r'shipml_drift_score\{column="(\w+)",method="\w+",model_version="1"\}', line
+            r'shipml_drift_score\{column="(\w+)",method="\w+",model="train",model_version="1"\}',
+            line,
         )
         if match:
             out[match.group(1)] = float(line.rsplit(" ", 1)[1])
