@@ -301,6 +301,29 @@ def test_retrain_gates_the_challenger(projects: Projects, name: str) -> None:
 
 
 @pytest.mark.slow
+def test_a_class_that_came_with_the_batch_stops_evaluate_and_marks_the_challenger(
+    projects: Projects,
+) -> None:
+    """The champion's probabilities follow its own classes: with a class it never saw, no
+    comparison on the same rows holds. The challenger is marked, never left ungated."""
+    config = projects("int12")
+    project = Project.load(config)
+    champion, before = project.champion(), max(v.version for v in project.models())
+    batch = table(KINDS["int12"], seed=3)
+    batch.loc[batch["x0"] > 1.0, "label"] = 3
+    path = config.parent / "three.csv"
+    batch.to_csv(path, index=False)
+    result = run_cli("retrain", "-c", config, "--data", path, "--time-budget", "5")
+    assert result.exit_code == 2 and "Traceback" not in result.all, result.all
+    text = " ".join(result.stderr.split())
+    assert f"classes differ from champion version {champion}'s; new: 3" in text
+    assert "stays registered, marked shipml.gate=failed (not gated)" in text
+    [marked] = _new_versions(Project.load(config), before)
+    assert marked.tags["shipml.gate"] == "failed" and Project.load(config).champion() == champion
+    assert "not gated: the evaluate step stopped" in marked.tags["shipml.gate_reasons"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(KINDS))
 def test_reproduce(projects: Projects, name: str, tmp_path: Path) -> None:
     config = projects(name)

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from shipml import registry
+from shipml.data.coerce import category_str
 from shipml.data.labels import to_classes
 from shipml.errors import ConfigError, DataError, GateFailed, ShipmlError, ValidationFailed
 from shipml.evaluation.metrics import (
@@ -314,6 +315,21 @@ def _all_metrics(
     return classification_metrics(y, pred, proba, classes)
 
 
+def _same_classes(theirs: list[Any], ours: list[Any], champion: int, challenger: int) -> None:
+    """The champion is compared on the challenger's classes; where those differ (a class came
+    or went with the new batch), its probabilities do not line up, and no comparison holds."""
+    if [category_str(c) for c in theirs] != [category_str(c) for c in ours]:
+        came = sorted({category_str(c) for c in ours} - {category_str(c) for c in theirs})
+        went = sorted({category_str(c) for c in theirs} - {category_str(c) for c in ours})
+        raise DataError(
+            f"the new batch's classes differ from champion version {champion}'s"
+            + (f"; new: {', '.join(came[:10])}" if came else "")
+            + (f"; gone: {', '.join(went[:10])}" if went else ""),
+            f"the two cannot be compared on the same rows: check version {challenger} "
+            f"(`shipml evaluate`) and promote it by hand (`shipml promote {challenger}`)",
+        )
+
+
 def paired_bootstrap(
     metric: str,
     y: np.ndarray,
@@ -420,6 +436,7 @@ def _evaluate(project: Project, trained: Trained) -> Evaluated:
     models = {"challenger": challenger}
     if champion_version is not None and champion_version != trained.version:
         champion = Model(registry.load(project.store, champion_version))
+        _same_classes(champion.classes or [], classes, champion_version, trained.version)
         models["champion"] = champion
         theirs = _outputs(champion, prepared.X_test)
         result.champion = champion_version
