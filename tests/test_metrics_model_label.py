@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import requests
 import yaml
 
 from tests.conftest import make_project, run_cli
-from tests.serving_helpers import Prometheus, Server, free_port
+from tests.serving_helpers import Prometheus, Server
 from tests.test_serving import _customers
 
 pytestmark = pytest.mark.integration
@@ -54,29 +55,20 @@ def _rows(config: Path, target: str, n: int) -> list[dict[str, Any]]:
     return list(json.loads(df.head(n).to_json(orient="records")))
 
 
-class _Scraper(Prometheus):
-    """Debian's prometheus server on 127.0.0.1 with the given prometheus.yml."""
-
-    def __init__(self, folder: Path, config: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        binary = shutil.which("prometheus")
-        if binary is None:
-            raise AssertionError(
-                "the prometheus server is not installed: `apt-get install -y prometheus` "
-                "(`make test` does it as root)"
-            )
-        self.log = (folder / "prometheus.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={folder / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+def _scraping(prometheus: Prometheus, config: Path, jobs: set[str]) -> None:
+    """Make ``prometheus`` run ``config`` (its own file, replaced, then a SIGHUP: Prometheus
+    reloads it) and wait until it has loaded ``jobs``."""
+    (Path(prometheus.log.name).parent / "prometheus.yml").write_text(config.read_text())
+    prometheus.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    found: set[str] = set()
+    while time.monotonic() < deadline:
+        active = requests.get(prometheus.url + "/api/v1/targets", timeout=10).json()
+        found = {t["labels"]["job"] for t in active["data"]["activeTargets"]}
+        if found == jobs:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"prometheus runs the jobs {found}, not {jobs}")
 
 
 def _scrape_config(tmp_path: Path, projects: dict[str, Path], ports: dict[str, int]) -> Path:
@@ -97,7 +89,7 @@ def _scrape_config(tmp_path: Path, projects: dict[str, Path], ports: dict[str, i
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": jobs,
     }
-    path = tmp_path / "prometheus.yml"
+    path = tmp_path / "both-services.yml"
     path.write_text(yaml.safe_dump(merged, sort_keys=False))
     promtool = shutil.which("promtool")
     if promtool is not None:
@@ -130,9 +122,10 @@ def test_two_models_scraped_by_one_prometheus_stay_apart(
     with Server(projects["churn"]) as churn, Server(projects["charges"]) as charges:
         servers = {"churn": churn, "charges": charges}
         config = _scrape_config(tmp_path, projects, {n: s.port for n, s in servers.items()})
-        prometheus = _Scraper(tmp_path, config)
+        prometheus = Prometheus(tmp_path, "127.0.0.1:1")  # its config replaced just below
         try:
             prometheus.wait_ready()
+            _scraping(prometheus, config, {f"shipml-{name}" for name in servers})
             sent = {"churn": 0, "charges": 0}
             for name, server in servers.items():
                 rows = _rows(projects[name], MODELS[name], 12)
