@@ -106,9 +106,10 @@ def leaderboard_table(board: Leaderboard, all_trials: bool = False) -> Table:
     table.add_column("note")
     for row in shown:
         cells = []
-        for m in board.metrics:
-            mean, std = row[f"{m}_mean"], row[f"{m}_std"]
-            cells.append("–" if mean is None else f"{fmt(mean)} ± {fmt(std, 3)}")
+        for m in board.metrics:  # the spread over folds of the metric that ranks them only:
+            mean, std = row[f"{m}_mean"], row[f"{m}_std"]  # five of them wrap every row at 120
+            spread = f" ± {fmt(std, 3)}" if m == board.metric else ""
+            cells.append("–" if mean is None else f"{fmt(mean)}{spread}")
         name = row["model"] + (" [dim](baseline)[/]" if row["baseline"] else "")
         style = "bold green" if row["rank"] == 1 else ("dim" if row["rank"] is None else "")
         members = f"of {len(row['members'])} models" if row["members"] else ""
