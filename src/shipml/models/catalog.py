@@ -98,7 +98,8 @@ class LogTarget(TransformerMixin, BaseEstimator):
     A model fitted on log1p(y) predicts about the mean of log1p(y), whose expm1 is below the
     mean of y (by Jensen's inequality; on counts with many zeros by a third). ``shift`` is the
     correction, on the log scale: predictions are ``expm1(z + shift)``, that is (1 + y) scaled
-    by ``exp(shift)``. The search learns it out of fold (``shipml.training.search.debias``)."""
+    by ``exp(shift)``. The search learns it out of fold (``Search.debias`` in
+    ``shipml.training.search``)."""
 
     def __init__(self, shift: float = 0.0) -> None:
         self.shift = shift
