@@ -414,7 +414,7 @@ def test_importance_stacks_a_bounded_number_of_copies(
     with pytest.raises(inspection.ImportanceTimeout, match="took longer than"):
         permutation_importances(Counting(), X, y, "roc_auc", "classification", 3, 0, seconds=0)
     inputs = replace(binary_inputs, importance_seconds=0.0)
-    section, rows = report._importance(inputs)
+    section, rows = report._importance(inputs, report.importance_table(inputs))
     assert section.uri is None and rows == []
     assert section.error is not None and "permutation importance stopped" in section.error
 

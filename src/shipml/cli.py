@@ -94,6 +94,22 @@ def _main(
     """shipml: from a table to a tracked, registered, evaluated model."""
 
 
+def _date_formats(given: list[str]) -> str | dict[str, str] | None:
+    """--date-format values: one FORMAT for every date column, or COLUMN=FORMAT pairs."""
+    if not given:
+        return None
+    if len(given) == 1 and "=" not in given[0]:
+        return given[0]
+    pairs = [g.partition("=") for g in given]
+    bad = [g for g, (_, eq, fmt) in zip(given, pairs, strict=True) if not eq or not fmt]
+    if bad:
+        raise typer.BadParameter(
+            f"{bad[0]!r}: give one format for every date column, or COLUMN=FORMAT for each",
+            param_hint="--date-format",
+        )
+    return {column: fmt for column, _, fmt in pairs}
+
+
 @app.command()
 @handle_errors
 def init(
@@ -112,17 +128,36 @@ def init(
         str | None, typer.Option(help="SQL query, when DATA is a database URL.")
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing config.")] = False,
+    date_format: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--date-format",
+            help="How text dates are written, where the values cannot tell (04/05/2023): a "
+            "strftime format for every date column ('%d/%m/%Y'), or COLUMN=FORMAT, repeated. "
+            "Written to data.date_format.",
+        ),
+    ] = None,
 ) -> None:
     """Write a commented shipml.yaml inferred from the data: task and column roles.
 
-    Example: `shipml init data/customers.csv --target churned`
+    Examples: `shipml init data/customers.csv --target churned`,
+    `shipml init orders.csv --target late --date-format 'ordered=%d/%m/%Y'`
     """
     from shipml.console import schema_table, validation_table
     from shipml.scaffold import init_project
 
     if task not in ("auto", "classification", "regression"):
         raise ShipmlError(f"--task must be auto, classification or regression (got {task!r})")
-    result = init_project(data, target, None if task == "auto" else task, name, out, query, force)
+    result = init_project(
+        data,
+        target,
+        None if task == "auto" else task,
+        name,
+        out,
+        query,
+        force,
+        _date_formats(date_format or []),
+    )
     console.print(schema_table(result.schema, f"Columns of {data} ({result.n_rows:,} rows)"))
     findings = validation_table(result.validation)
     if findings is not None:
@@ -533,7 +568,10 @@ def monitor(
     ] = None,
     fail_on_drift: Annotated[
         bool,
-        typer.Option("--fail-on-drift", help="Exit 1 when the dataset drifted (for CI, cron)."),
+        typer.Option(
+            "--fail-on-drift",
+            help="Exit 1 when the dataset drifted, by the rule printed (for CI, cron).",
+        ),
     ] = False,
     engine: Annotated[
         str,
@@ -553,7 +591,9 @@ def monitor(
     Per column: Kolmogorov–Smirnov / chi-squared / z-test p-values for references of up to
     1,000 rows, Wasserstein (normed) / Jensen–Shannon distances above that (Evidently's
     defaults), PSI beside them. The dataset drifts when at least `monitoring.drift_share` of
-    the columns drift. Labels in the file (or sent to /feedback) give live metrics against the
+    the columns drift, or any of the model's `monitoring.important_columns` most important
+    columns does (permutation importance at training); the output prints the rule. Labels
+    in the file (or sent to /feedback) give live metrics against the
     test-time metrics.
 
     Examples: `shipml monitor --current new.csv --report drift.html`,

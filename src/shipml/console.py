@@ -537,8 +537,11 @@ def monitor_summary(result: MonitorResult) -> None:
     verdict = "[bold red]yes[/]" if drift.dataset_drift else "[green]no[/]"
     console.print(
         f"Dataset drift: {verdict} ({len(drift.drifted_columns)} of {len(drift.columns)} "
-        f"columns drifted; the dataset drifts at {100 * drift.drift_share:.0f}%)"
+        f"columns drifted)"
     )
+    console.print(f"  rule: the dataset drifts when {escape(drift.rule)}")
+    for reason in drift.reasons:
+        console.print(f"  [bold red]✗[/] {escape(reason)}")
     perf = result.performance
     if perf is not None:
         state = "[bold red]degraded[/]" if perf.degraded else "[green]ok[/]"

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from shipml.data.validate import ValidationReport
     from shipml.training.leaderboard import Leaderboard
 
-__all__ = ["FigureSection", "ReportInputs", "build_report", "write_report"]
+__all__ = ["FigureSection", "ReportInputs", "build_report", "importance_table", "write_report"]
 
 _LEVEL_ORDER = {"fatal": 0, "warning": 1, "info": 2}
 
@@ -324,10 +324,11 @@ def _misclassified(inputs: ReportInputs, y: np.ndarray, predicted: np.ndarray) -
     )
 
 
-def _importance(inputs: ReportInputs) -> tuple[FigureSection, list[dict[str, str]]]:
-    title = "Feature importance"
+def importance_table(inputs: ReportInputs) -> pd.DataFrame | str:
+    """Permutation importance of each input column on the test split (most important first),
+    or why there is none."""
     try:
-        table = permutation_importances(
+        return permutation_importances(
             inputs.model,
             inputs.X_test,
             inputs.y_test,
@@ -339,12 +340,17 @@ def _importance(inputs: ReportInputs) -> tuple[FigureSection, list[dict[str, str
             inputs.importance_seconds,
         )
     except ImportanceTimeout as err:
-        return FigureSection(
-            "importance", title, error=f"permutation importance stopped: {err}"
-        ), []
+        return f"permutation importance stopped: {err}"
     except Exception as err:
-        why = f"permutation importance could not be computed: {_reason(err)}"
-        return FigureSection("importance", title, error=why), []
+        return f"permutation importance could not be computed: {_reason(err)}"
+
+
+def _importance(
+    inputs: ReportInputs, table: pd.DataFrame | str
+) -> tuple[FigureSection, list[dict[str, str]]]:
+    title = "Feature importance"
+    if isinstance(table, str):
+        return FigureSection("importance", title, error=table), []
     caption = (
         f"How much the test {inputs.metric} worsens when one input column is shuffled "
         f"({inputs.importance_repeats} shuffles each"
@@ -462,13 +468,16 @@ def _contents(*sections: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"anchor": a, "title": t} for group in sections for a, t in group]
 
 
-def build_report(inputs: ReportInputs) -> str:
-    """The whole report as one HTML document with no outside references."""
+def build_report(inputs: ReportInputs, importances: pd.DataFrame | str | None = None) -> str:
+    """The whole report as one HTML document with no outside references; ``importances`` is
+    ``importance_table(inputs)`` where the caller computed it already."""
     from shipml import __version__
 
     schema = inputs.schema
     diagnostics = _diagnostics(inputs)
-    importance, importance_rows = _importance(inputs)
+    importance, importance_rows = _importance(
+        inputs, importance_table(inputs) if importances is None else importances
+    )
     learning = _learning(inputs)
     search, search_rows = _search(inputs)
     contents = _contents(

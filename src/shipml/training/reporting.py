@@ -18,7 +18,7 @@ import pandas as pd
 from shipml.config import ProjectConfig
 from shipml.evaluation.inspection import LEARNING_FOLDS, LEARNING_SIZES
 from shipml.evaluation.metrics import METRICS
-from shipml.evaluation.report import ReportInputs, build_report, write_report
+from shipml.evaluation.report import ReportInputs, build_report, importance_table, write_report
 from shipml.models.bagged import BaggedEnsemble, labels_for
 from shipml.training.final import ThresholdChoice, one_fit_seconds
 from shipml.training.search import TransformChoice
@@ -196,8 +196,9 @@ def report_notes(
 
 def write_training_report(
     path: Path, inputs: dict[str, Any], plan: ReportPlan, learning_estimator: Any
-) -> Path:
-    """Build the report with ``plan``'s sizes and write it atomically to ``path``."""
+) -> tuple[Path, pd.DataFrame | None]:
+    """Build the report with ``plan``'s sizes and write it atomically to ``path``; returns the
+    path and the permutation importances it shows (None where they could not be computed)."""
     report = ReportInputs(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         learning_estimator=learning_estimator if plan.learning_rows else None,
@@ -209,4 +210,6 @@ def write_training_report(
         max_importance_rows=plan.importance_rows,
         **inputs,
     )
-    return write_report(build_report(report), path)
+    importances = importance_table(report)
+    path = write_report(build_report(report, importances), path)
+    return path, None if isinstance(importances, str) else importances

@@ -36,7 +36,12 @@ from shipml.evaluation.metrics import (
 from shipml.models import checkpoints
 from shipml.models.bagged import BaggedEnsemble
 from shipml.models.catalog import families_for, resolve_grid, resolve_params
-from shipml.monitoring.profile import PROFILE_ARTIFACT, Profile, reference_profile
+from shipml.monitoring.profile import (
+    IMPORTANCE_ARTIFACT,
+    PROFILE_ARTIFACT,
+    Profile,
+    reference_profile,
+)
 from shipml.project import report_file
 from shipml.training.final import (
     build_final_model,
@@ -738,7 +743,7 @@ def train(
             len(prepared.X_train),
             full_fit_seconds(best, leaderboard),
         )
-        report_path = write_training_report(
+        report_path, importances = write_training_report(
             report_file(root, config.name, version),
             {
                 "project": config.name,
@@ -764,6 +769,12 @@ def train(
             learner,
         )
         recorder.log_file(report_path, "report")
+        if importances is not None:  # the drift rule's important columns (shipml monitor)
+            ranked = [
+                [str(f), float(m)]
+                for f, m in zip(importances["feature"], importances["mean"], strict=True)
+            ]
+            recorder.log_text(json.dumps(ranked), IMPORTANCE_ARTIFACT)
         recorder.finish("FINISHED")
     except BaseException as err:
         _close_failed_run(recorder, err, root)
