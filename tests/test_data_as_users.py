@@ -236,6 +236,63 @@ def test_monitor_reads_a_latin1_file_with_day_first_dates(project: Path) -> None
     assert result.exit_code == 0, result.all
     assert "city" in result.output
     assert "not scored" not in result.output and "not_scored" not in result.output
+    assert "current.csv (read as " in " ".join(result.output.split())  # the encoding is named
+
+
+def test_the_python_records_path_reads_dates_in_the_columns_format(project: Path) -> None:
+    """Records (JSON-like dicts) go through the fast path's column conversion: a day-first
+    date is read day first there too, as the CLI and the server read it."""
+    from shipml.models.fastpath import record_columns
+
+    schema = Project.load(project).load_model().schema
+    rows = new_rows().drop(index=[2, 4, 6]).head(4).to_dict("records")
+    assert [r["policy_start"] for r in rows] == [
+        "01/06/2023",
+        "02/07/2023",
+        "12/05/2023",
+        "07/02/2023",
+    ]
+    columns = record_columns(rows, schema)
+    months = pd.DatetimeIndex(columns["policy_start"]).month.tolist()
+    assert months == [6, 7, 5, 2]  # 01/06/2023 is 1 June, not 6 January
+
+
+def test_init_takes_the_date_format_an_ambiguous_column_needs(tmp_path: Path) -> None:
+    # one text date column, with no day above 12: the values cannot tell day from month
+    df = insurance_frame(120, 5).drop(columns=["claim_date", "renewal"])
+    df["policy_start"] = SUMMER * 30
+    df.to_csv(tmp_path / "train.csv", index=False)
+    config = tmp_path / "shipml.yaml"
+    refused = run_cli("init", tmp_path / "train.csv", "--target", TARGET, "--out", config)
+    assert refused.exit_code == 2 and not config.exists()
+    assert "--date-format 'policy_start=%d/%m/%Y'" in " ".join(refused.all.split())
+
+    written = run_cli(
+        "init", tmp_path / "train.csv", "--target", TARGET, "--out", config,
+        "--date-format", "policy_start=%d/%m/%Y",
+    )  # fmt: skip
+    assert written.exit_code == 0, written.all
+    raw = yaml.safe_load(config.read_text())
+    assert raw["data"]["date_format"] == {"policy_start": "%d/%m/%Y"}
+    assert Project.load(config).config.data.date_format == {"policy_start": "%d/%m/%Y"}
+
+    one = run_cli(
+        "init", tmp_path / "train.csv", "--target", TARGET, "--out", config, "--force",
+        "--date-format", "%d/%m/%Y",
+    )  # fmt: skip
+    assert one.exit_code == 0, one.all
+    assert yaml.safe_load(config.read_text())["data"]["date_format"] == "%d/%m/%Y"
+
+    for bad, message in [
+        ("policy_start=soon", "'soon' is not a date format"),
+        ("start_date=%d/%m/%Y", "data.date_format names column 'start_date', which is not"),
+    ]:
+        result = run_cli(
+            "init", tmp_path / "train.csv", "--target", TARGET, "--out", config, "--force",
+            "--date-format", bad,
+        )  # fmt: skip
+        assert result.exit_code == 2, result.all
+        assert message in " ".join(result.all.split()) and "Traceback" not in result.all
 
 
 # --- item 5: one date format per column --------------------------------------------------------

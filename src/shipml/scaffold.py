@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from shipml.config import DataConfig, Task, parse_config
 from shipml.data.infer import infer_schema
@@ -78,6 +79,13 @@ def render_config(
         data_lines = [f"  path: {_q(data.path)}  # CSV or Parquet, relative to this file"]
     else:
         data_lines = [f"  url: {_q(data.url or '')}", f"  query: {_q(data.query or '')}"]
+    if data.date_format is not None:
+        written = (
+            _q(data.date_format)
+            if isinstance(data.date_format, str)
+            else "{" + ", ".join(f"{_q(k)}: {_q(v)}" for k, v in data.date_format.items()) + "}"
+        )
+        data_lines.append(f"  date_format: {written}  # how text dates are written (strftime)")
     families = ", ".join(CATALOG[schema.task])
     lines = [
         "# shipml project config: edit freely, then run `shipml train`.",
@@ -144,9 +152,17 @@ def init_project(
     out: Path = Path("shipml.yaml"),
     query: str | None = None,
     force: bool = False,
+    date_format: str | dict[str, str] | None = None,
 ) -> InitResult:
-    """Infer task and column roles from ``data`` and write a commented config to ``out``."""
+    """Infer task and column roles from ``data`` and write a commented config to ``out``;
+    ``date_format`` (data.date_format) says how text dates are written where the values
+    cannot (04/05/2023 with no day above 12)."""
     out = Path(out)
+    try:  # the formats given on the command line, checked before the data is read
+        DataConfig(path=".", date_format=date_format)
+    except ValidationError as err:
+        why = str(err.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"--date-format: {why}", None) from None
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists", "pass --force to overwrite it, or --out PATH")
     if not out.parent.exists():
@@ -154,12 +170,12 @@ def init_project(
     if "://" in data:
         if not query:
             raise ConfigError(f"{data.split('://')[0]} source needs --query 'SELECT ...'", None)
-        source = DataConfig(url=data, query=query)
+        source = DataConfig(url=data, query=query, date_format=date_format)
         label = "a SQL query"
     else:
         path = Path(data).resolve()
         rel = os.path.relpath(path, out.parent.resolve())
-        source = DataConfig(path=Path(rel).as_posix())
+        source = DataConfig(path=Path(rel).as_posix(), date_format=date_format)
         label = Path(data).name
     df = load_table(source, out.parent.resolve(), target)
     chosen_task: Task | None = "regression" if task == "regression" else None

@@ -99,7 +99,8 @@ def _format_of(date_formats: DateFormats, name: str) -> str | None:
 def _date_hint(name: str, example: str) -> str:
     return (
         f'set data.date_format in shipml.yaml, e.g. `date_format: {{{name}: "{example}"}}` '
-        "(a strftime format), or write the dates as ISO 8601 (2024-01-31)"
+        f"(a strftime format; before there is one: `shipml init ... --date-format "
+        f"'{name}={example}'`), or write the dates as ISO 8601 (2024-01-31)"
     )
 
 
@@ -373,6 +374,14 @@ def infer_schema(
     features = features or FeaturesConfig()
     if date_formats is None:
         date_formats = df.attrs.get("date_format")
+    if isinstance(date_formats, dict):
+        unknown = [c for c in date_formats if c not in df.columns]
+        if unknown:
+            raise DataError(
+                f"data.date_format names column '{unknown[0]}', which is not in the data "
+                f"({_some_columns(df)})",
+                "fix the column name in data.date_format (or in --date-format COLUMN=FORMAT)",
+            )
     pinned = _pinned_roles(df, target, features)
     image = df.attrs.get("image")
     if image:  # pixels are numbers, however few values they take; the file name is an id

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shipml.data.coerce import BOOL_FALSE, BOOL_TRUE, COERCERS, category_str
+from shipml.data.coerce import BOOL_FALSE, BOOL_TRUE, COERCERS, category_str, coerce_datetime
 from shipml.data.schema import Schema
 from shipml.errors import InputSchemaError
 from shipml.models.bagged import BaggedEnsemble, labels_for
@@ -721,7 +721,9 @@ def _convert(estimator: Any, task: str, classes: np.ndarray | None) -> _Part:
         part = _convert(estimator.regressor_, task, classes)
         if "log_target" in part.post:
             raise Unsupported("a log target inside a log target")
-        part.post["log_target"] = [float(transformer.low_), float(transformer.high_)]
+        # [low, high, shift]: LogTarget's clip bounds and its out-of-fold bias correction
+        shift = float(getattr(transformer, "shift", 0.0))
+        part.post["log_target"] = [float(transformer.low_), float(transformer.high_), shift]
         return part
     if task == "classification":
         own = getattr(estimator, "classes_", None)
@@ -994,8 +996,9 @@ def _apply_post(raw: np.ndarray, post: Mapping[str, Any], task: str) -> np.ndarr
     if task == "regression":
         out = out[:, 0]
         if "log_target" in post:
-            low, high = post["log_target"]
-            out = np.expm1(np.clip(out, low, high))
+            low, high, *shift = post["log_target"]  # a copy built before the shift has none
+            out = np.clip(out, low, high)
+            out = np.expm1(out + shift[0] if shift and shift[0] else out)
     return out
 
 
@@ -1445,9 +1448,13 @@ def value_columns(values: Mapping[str, list[Any]], schema: Schema) -> dict[str, 
     ``record_columns`` converts records (the serving path gets its values column-wise)."""
     out: dict[str, np.ndarray] = {}
     for column in schema.input_columns:
-        role = schema.columns[column].role
+        info = schema.columns[column]
+        role = info.role
         fast = _fast_values(values[column], role)
-        if fast is None:
+        if fast is None and role == "datetime":  # read in the column's own date format
+            coerced = coerce_datetime(pd.Series(values[column]), column, "input", info.date_format)
+            fast = coerced.to_numpy(dtype="datetime64[ns]")
+        elif fast is None:
             coerced = COERCERS[role](pd.Series(values[column]), column, "input")
             dtype: Any = {"categorical": object, "datetime": "datetime64[ns]"}.get(role, np.float64)
             fast = coerced.to_numpy(dtype=dtype)

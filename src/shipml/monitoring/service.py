@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from shipml import registry
-from shipml.data.sources import iter_table_file
+from shipml.data.sources import AUTO_ENCODING, iter_table_file, not_utf8
 from shipml.errors import DataError, RegistryError, ShipmlError, faults_named
 from shipml.monitoring.drift import IMPORTANCE_META, DriftResult, DriftSettings, compare
 from shipml.monitoring.performance import Performance, log_performance, performance, strings
@@ -151,10 +151,13 @@ def _profile_file(
     scorer: _Scorer | None,
     target: str | None,
     progress: Progress = _quiet,
+    encoding: str = AUTO_ENCODING,
 ) -> Profile:
     builder = ProfileBuilder(reference.kinds)
     target_values: list[Any] = []
-    for chunk in iter_table_file(path):
+    used = None
+    for chunk in iter_table_file(path, encoding=encoding):
+        used = chunk.attrs.get("encoding")
         builder.add(chunk)
         progress(f"{builder.rows:,} rows of {path.name} read")
         if scorer is not None:
@@ -174,7 +177,15 @@ def _profile_file(
             current.confidence = confidence
     if scorer is not None and scorer.failed:
         current.findings.append(Finding("prediction", "not_scored", scorer.failed))
+    if not_utf8(used):
+        current.meta["encoding"] = used
     return current
+
+
+def _named(path: Path, profile: Profile) -> str:
+    """The file as the result names it, with its encoding where that is not UTF-8."""
+    encoding = profile.meta.get("encoding")
+    return f"{path} (read as {encoding})" if encoding else str(path)
 
 
 def monitor_files(
@@ -184,16 +195,20 @@ def monitor_files(
     first = next(iter(iter_table_file(reference, chunk_rows=10_000)))
     kinds = infer_kinds(first)
     builder = ProfileBuilder(kinds)
+    used = None
     for chunk in iter_table_file(reference):
+        used = chunk.attrs.get("encoding")
         builder.add(chunk)
         progress(f"{builder.rows:,} rows of {reference.name} read")
     ref_profile = builder.build()
     ref_profile.findings = []
+    if not_utf8(used):
+        ref_profile.meta["encoding"] = used
     cur_profile = _profile_file(current, ref_profile, set(), None, None, progress)
     return MonitorResult(
         drift=compare(ref_profile, cur_profile, settings),
-        source=str(current),
-        reference=str(reference),
+        source=_named(current, cur_profile),
+        reference=_named(reference, ref_profile),
         reference_profile=ref_profile,
         current_profile=cur_profile,
     )
@@ -214,11 +229,17 @@ def monitor_file(
     schema = model.schema
     scorer = _Scorer(model, schema.target, schema.task)
     cur_profile = _profile_file(
-        current, profile, schema.known_columns, scorer, schema.target, progress
+        current,
+        profile,
+        schema.known_columns,
+        scorer,
+        schema.target,
+        progress,
+        project.config.data.encoding,
     )
     result = MonitorResult(
         drift=compare(profile, cur_profile, settings),
-        source=str(current),
+        source=_named(current, cur_profile),
         reference=f"version {version}",
         version=version,
         reference_profile=profile,
