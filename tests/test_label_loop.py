@@ -324,7 +324,7 @@ def test_a_class_that_came_with_the_batch_stops_evaluate_and_marks_the_challenge
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(KINDS))
+@pytest.mark.parametrize("name", RUNNER_KINDS)  # a whole retraining each: the runners' kinds
 def test_reproduce(projects: Projects, name: str, tmp_path: Path) -> None:
     config = projects(name)
     result = run_cli("reproduce", "1", "-c", config, "--out", tmp_path / "rebuilt")
