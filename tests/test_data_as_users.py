@@ -275,6 +275,13 @@ def test_init_takes_the_date_format_an_ambiguous_column_needs(tmp_path: Path) ->
     raw = yaml.safe_load(config.read_text())
     assert raw["data"]["date_format"] == {"policy_start": "%d/%m/%Y"}
     assert Project.load(config).config.data.date_format == {"policy_start": "%d/%m/%Y"}
+    # a file given in place of data.path is read as data.path is: with data.date_format
+    raw["training"].update(cv=2, trials=0, models=["random_forest"], baselines=False)
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    trained = run_cli("train", "-c", config, "--data", tmp_path / "train.csv")
+    assert trained.exit_code == 0, trained.all
+    evaluated = run_cli("evaluate", tmp_path / "train.csv", "-c", config)
+    assert evaluated.exit_code == 0, evaluated.all
 
     one = run_cli(
         "init", tmp_path / "train.csv", "--target", TARGET, "--out", config, "--force",

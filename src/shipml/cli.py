@@ -331,7 +331,7 @@ def predict(
     from shipml.scoring import score_input, write_issues, write_table
 
     project = _project(config)
-    model = project.load_model(_ref(alias, version))
+    model = project.load_model(_ref(alias, version), fast=True)
     result = score_input(model, input, allow_extra, strict, project.config.data.encoding)
     scored = result.table
     write_table(scored, out)
@@ -367,10 +367,12 @@ def evaluate(
     Example: `shipml evaluate labelled.csv`
     """
     from shipml.console import evaluation_table
-    from shipml.data.sources import read_table_file
+    from shipml.data.sources import read_data_file
 
     project = _project(config)
-    result = project.evaluate(read_table_file(data), _ref(alias, version), source=str(data))
+    result = project.evaluate(
+        read_data_file(data, project.config.data), _ref(alias, version), source=str(data)
+    )
     console.print(evaluation_table(result, data.name))
     reports = project.root / ".shipml" / "reports"
     reports.mkdir(parents=True, exist_ok=True)

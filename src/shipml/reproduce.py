@@ -23,7 +23,7 @@ import yaml
 
 from shipml import registry
 from shipml.config import ProjectConfig
-from shipml.data.sources import fingerprint, load_table, read_table_file
+from shipml.data.sources import fingerprint, load_table, read_data_file
 from shipml.errors import DataError
 from shipml.project import Project
 
@@ -73,12 +73,12 @@ def _training_table(
 ) -> tuple[pd.DataFrame, str]:
     source = manifest["data"]["source"]
     if data is not None:
-        return read_table_file(data), str(data)
+        return read_data_file(data, project.config.data), str(data)
     if source["kind"] == "file":
         path = Path(source["path"])
         if not path.is_absolute():
             path = project.root / path
-        return read_table_file(path), str(path)
+        return read_data_file(path, project.config.data), str(path)
     df = load_table(project.config.data, project.root, project.config.target)
     return df, "data.query"
 

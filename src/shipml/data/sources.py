@@ -531,9 +531,20 @@ def load_table(source: DataConfig, base_dir: Path, target: str = "label") -> pd.
         )
     else:
         df = _read_sql(source.url, source.query, Path(base_dir))
+    return _with_date_format(df, source)
+
+
+def _with_date_format(df: pd.DataFrame, source: DataConfig) -> pd.DataFrame:
     if source.date_format is not None:  # read by shipml.data.infer.infer_schema
         df.attrs["date_format"] = source.date_format
     return df
+
+
+def read_data_file(path: str | Path, source: DataConfig) -> pd.DataFrame:
+    """A table file given in place of the configured source (`train --data`, `retrain
+    --data`, `evaluate`, `reproduce --data`), read as ``data.path`` is: in ``data.encoding``,
+    its text dates in ``data.date_format``."""
+    return _with_date_format(read_table_file(path, encoding=source.encoding), source)
 
 
 def read_sql_past(source: DataConfig, base_dir: Path, column: str, value: Any) -> pd.DataFrame:
@@ -542,7 +553,9 @@ def read_sql_past(source: DataConfig, base_dir: Path, column: str, value: Any) -
         raise DataSourceError(
             "data.watermark_column needs a SQL source", "give data.url and data.query"
         )
-    return _read_sql(source.url, source.query, Path(base_dir), (column, value))
+    return _with_date_format(
+        _read_sql(source.url, source.query, Path(base_dir), (column, value)), source
+    )
 
 
 def fingerprint(df: pd.DataFrame) -> str:

@@ -165,13 +165,13 @@ def extract(
     """The new batch: ``data`` when given, else the configured source (for SQL with
     ``data.watermark_column``, only the rows past the stored watermark), saved as a snapshot
     so every later step sees the same rows."""
-    from shipml.data.sources import load_table, read_sql_past, read_table_file
+    from shipml.data.sources import load_table, read_data_file, read_sql_past
 
     project = Project.load(Path(config))
     cfg = project.config
     watermark = None
     if data is not None:
-        df = read_table_file(Path(data))
+        df = read_data_file(Path(data), cfg.data)
         source = str(data)
     elif cfg.data.watermark_column:
         column = cfg.data.watermark_column

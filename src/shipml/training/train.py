@@ -21,7 +21,7 @@ from shipml.config import ProjectConfig
 from shipml.data.coerce import coerce_frame, coerce_target
 from shipml.data.infer import infer_schema
 from shipml.data.schema import Schema
-from shipml.data.sources import fingerprint, load_table, mask_url, read_table_file
+from shipml.data.sources import fingerprint, load_table, mask_url, read_data_file
 from shipml.data.split import split_table
 from shipml.data.validate import ValidationReport, drop_missing_target, validate_table
 from shipml.errors import ConfigError, TrainingError, ValidationFailed, half_written
@@ -115,7 +115,7 @@ class TrainResult:
 
 def load_training_table(config: ProjectConfig, root: Path, data: str | Path | None) -> pd.DataFrame:
     if data is not None:
-        return read_table_file(Path(data))
+        return read_data_file(Path(data), config.data)
     return load_table(config.data, root, config.target)
 
 
