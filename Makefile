@@ -26,12 +26,17 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-# The serving tests scrape /metrics with a real Prometheus server: Debian's package, installed
-# here when it is missing and apt-get can (as root); otherwise those tests say how to get it.
+# The serving tests scrape /metrics with a real Prometheus server, and the page tests (/docs,
+# the report) render in headless Chromium: Debian's packages, installed here when missing and
+# apt-get can (as root); otherwise those tests say how to get them.
 prometheus:
 	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus \
 	  >/dev/null; } || echo "note: no prometheus server (Debian: apt-get install -y prometheus)"
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: no headless chromium (Debian: apt-get install -y chromium)"
 
 # Two workers keep both cores busy: OpenMP threads that do not spin at all share them best
 # (benchmarks/omp_wait.py), so the tests set what a user on a loaded machine would.

@@ -33,8 +33,8 @@ PROBE = """<script>document.title = JSON.stringify({
 def page_widths(page: str, width: int = 1400) -> dict[str, object]:
     """The widths Chromium lays ``page`` out at in a ``width`` px window."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed")
+    if chromium is None:  # `make test` installs it where apt-get can: a failure, not a skip
+        pytest.fail("headless Chromium is not installed: `apt-get install -y chromium` (Debian)")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "report.html"
         path.write_text(page.replace("</body>", PROBE + "</body>"), encoding="utf-8")

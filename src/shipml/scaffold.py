@@ -129,7 +129,8 @@ def render_config(
         "  stack: false  # a cross-validated second layer on the best families' predictions",
         "  class_weight: auto  # auto, balanced or none",
         "  threshold: auto  # binary: auto (chosen on out-of-fold predictions), none or 0-1",
-        "  target_transform: auto  # regression: auto (log for a skewed target >= 0), log or none",
+        "  target_transform: auto  # regression: auto (log1p where cross-validation prefers it),"
+        " log or none",
         "  checkpoint_every_s: 5  # network fits save state this often, for `train --resume`",
         "",
         "validation:",

@@ -131,7 +131,8 @@ class ServingMetrics:
         )
         self.dataset_drift = Gauge(
             "shipml_dataset_drift",
-            "1 when at least monitoring.drift_share of the columns drifted",
+            "1 when the dataset drifted: at least monitoring.drift_share of the columns, or one "
+            "of the model's monitoring.important_columns most important",
             ["model", "model_version"],
             **drift_gauge,
         )
