@@ -394,11 +394,12 @@ def _proba_from_mapping(mapping: dict[str, Any], classes: list[Any]) -> list[flo
 
 def _parse_shipml(body: Any, n: int, classes: list[Any]) -> Answer:
     """/predict: {"prediction": label, "probabilities": {class: p}, ...}; /predict/batch:
-    {"predictions": [label, ...], "probabilities": [{class: p}, ...], ...}."""
-    if n == 1 and "prediction" in body:
+    the same fields, each a list: {"prediction": [label, ...], "probabilities": [{class: p},
+    ...], ...}."""
+    if not isinstance(body["prediction"], list):
         labels, probas = [body["prediction"]], [body.get("probabilities")]
     else:
-        labels = list(body["predictions"])
+        labels = list(body["prediction"])
         probas = body.get("probabilities") or [None] * len(labels)
     if any(p is None for p in probas):
         return labels, None
