@@ -119,7 +119,8 @@ def test_a_changed_fast_copy_is_not_used(two_versions: Path, tmp_path: Path) -> 
         db.execute("UPDATE runs SET artifact_uri = ? WHERE run_uuid = ?", (moved.as_uri(), run_id))
     (moved / registry_read.FAST_ARTIFACT).write_bytes(b"SHIPMLFP tampered")
     assert local.fast_copy(1) is None
-    model = project.load_model(1)
+    assert type(project.load_model(2, fast=True).pipeline).__name__ == "FastPipeline"
+    model = project.load_model(1, fast=True)
     assert type(model.pipeline).__name__ != "FastPipeline"
     assert len(model.score(pd.read_csv(copy / "new.csv"))) == 40
 

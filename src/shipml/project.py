@@ -84,15 +84,17 @@ class Project:
         self.__dict__.pop("store", None)  # training may have created the store
         return result
 
-    def load_model(self, ref: str | int = "champion") -> Model:
+    def load_model(self, ref: str | int = "champion", fast: bool = False) -> Model:
         """A registered version by alias ('champion', 'challenger') or number.
 
-        In a local store, a version with a fast-inference copy (verified at training, checked
-        here against its registered sha256) is scored by it, without importing MLflow or the
-        model's libraries; otherwise the native model is loaded through MLflow."""
+        With ``fast``, in a local store, a version with a fast-inference copy is scored by it
+        (the copy verified at training: the same labels, probabilities within 1e-5; it and the
+        model file checked here against their registered sha256), without importing MLflow,
+        skops or scikit-learn: `.pipeline` is then a FastPipeline. Otherwise, or without a
+        copy, the native model is loaded through MLflow."""
         from shipml.scoring import Model
 
-        local = self._local
+        local = self._local if fast else None
         if local is not None:
             version = local.resolve(ref)
             found = local.fast_copy(version)
