@@ -407,3 +407,11 @@ def test_fingerprint_sees_changes(frame: pd.DataFrame) -> None:
 def test_fingerprint_unhashable_cells() -> None:
     df = pd.DataFrame({"tags": [["a"], ["b", "c"]]})
     assert fingerprint(df) == fingerprint(df.copy())
+
+
+def test_a_postgres_url_gets_the_driver_shipml_installs(tmp_path: Path) -> None:
+    from shipml.data.sources import resolve_sql_url
+
+    for given in ("postgresql://u:pw@db:5432/x", "postgres://u:pw@db:5432/x"):
+        assert resolve_sql_url(given, tmp_path) == "postgresql+psycopg2://u:pw@db:5432/x"
+    assert resolve_sql_url("postgresql+psycopg2://db/x", tmp_path) == "postgresql+psycopg2://db/x"

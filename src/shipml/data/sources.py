@@ -403,12 +403,14 @@ def _resolve_sqlite(url: str, base_dir: Path) -> str:
 
 
 def _default_driver(url: str) -> str:
-    """SQLAlchemy 2.1 maps a bare postgresql:// to psycopg (v3); shipml's postgres extra installs
-    psycopg2. Use psycopg2 when only it is installed."""
+    """SQLAlchemy 2.1 maps a bare postgresql:// (or postgres://) to psycopg (v3); shipml's
+    postgres extra installs psycopg2. Use psycopg2 when only it is installed."""
     import importlib.util
 
     from sqlalchemy.engine import make_url
 
+    if url.startswith("postgres://"):  # the short spelling (Heroku's), refused by SQLAlchemy
+        url = "postgresql://" + url[len("postgres://") :]
     try:
         parsed = make_url(url)
     except Exception:

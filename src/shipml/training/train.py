@@ -512,7 +512,7 @@ def train(
     )
     seed = config.training.seed
 
-    store = registry.open_store(root, config.name, config.tracking_uri)
+    store = registry.open_store(root, config.name, config.tracking_uri, config.artifact_location)
     registry.close_stale_runs(store)
     # Registration needs skops, whose first import takes seconds (it lists every scikit-learn
     # estimator, importing torch on the way): paid here, inside the budget the search adapts
