@@ -176,7 +176,8 @@ def test_the_whole_loop_drift_retrain_gate_promote_hot_swap(tmp_path: Path) -> N
     config = _config(tmp_path, {"monitoring": monitoring})
     drifted = world(300, 7, shift=3.0, flipped=True)
     rows = json.loads(drifted.drop(columns=["label"]).to_json(orient="records"))
-    with Server(config) as running, Load(running, rows) as load:
+    # traffic for the whole test: monitor, retrain and a second retrain take minutes on 2 cores
+    with Server(config) as running, Load(running, rows, max_seconds=900) as load:
         load.wait_for(250, timeout=120)  # drifted traffic
         # The new labelled data arrives where the config reads it; monitoring sees the drift
         # in the served traffic and retrains.

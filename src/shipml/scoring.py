@@ -20,6 +20,7 @@ from shipml.data.labels import to_classes
 from shipml.data.schema import Schema
 from shipml.errors import DataError, InputSchemaError, faults_named
 from shipml.models.bagged import BaggedEnsemble, labels_for
+from shipml.models.fastpipeline import FastPipeline
 from shipml.registry_read import LoadedModel
 
 
@@ -32,6 +33,11 @@ class Model:
         self.schema: Schema = loaded.schema
         self.pipeline = loaded.pipeline
         self.metadata = loaded.metadata
+
+    @property
+    def _fast(self) -> bool:
+        """Scores with the version's fast copy (shipml.models.fastpipeline)."""
+        return isinstance(self.pipeline, FastPipeline)
 
     @property
     def classes(self) -> list[Any] | None:
@@ -60,7 +66,7 @@ class Model:
         unreadable: list[Unreadable] | None = None,
     ) -> np.ndarray:
         X = self._inputs(df, source, allow_extra, unreadable)
-        with warnings.catch_warnings(), _unreadable_numbers(X, source):
+        with warnings.catch_warnings(), _unreadable_numbers(X, source, self._fast):
             warnings.simplefilter("ignore")
             return np.asarray(getattr(self.pipeline, method)(X))
 
@@ -90,7 +96,7 @@ class Model:
         computes its parts' outputs once for both; calling predict and predict_proba would run
         every fold model twice. ``unreadable``: as in ``score``."""
         X = self._inputs(df, source, allow_extra, unreadable)
-        with warnings.catch_warnings(), _unreadable_numbers(X, source):
+        with warnings.catch_warnings(), _unreadable_numbers(X, source, self._fast):
             warnings.simplefilter("ignore")
             proba = np.asarray(self.pipeline.predict_proba(X))
             if isinstance(self.pipeline, BaggedEnsemble):
@@ -125,25 +131,35 @@ class Model:
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def _refuse_beyond_float32(X: pd.DataFrame, source: str) -> None:
+    """InputSchemaError naming the first numeric column of ``X`` with a number past ±3.4e38."""
+    for name in X.columns:
+        values = X[name]
+        if pd.api.types.is_numeric_dtype(values.dtype):
+            with np.errstate(invalid="ignore"):
+                big = values[np.abs(values.to_numpy(dtype="float64")) > _FLOAT32_MAX]
+            if len(big):
+                raise InputSchemaError(
+                    f"{source}: column '{name}' holds {len(big)} value(s) beyond ±3.4e38, "
+                    f"such as {big.iloc[0]:.3g}, which this model cannot read",
+                    "correct or leave out those rows",
+                )
+
+
 @contextmanager
-def _unreadable_numbers(X: pd.DataFrame, source: str) -> Iterator[None]:
+def _unreadable_numbers(X: pd.DataFrame, source: str, fast: bool) -> Iterator[None]:
     """A model whose trees read float32 (scikit-learn's forests) fails on a number past
-    ±3.4e38 with a ValueError; that becomes an InputSchemaError naming the column and a value."""
+    ±3.4e38 with a ValueError; that becomes an InputSchemaError naming the column and a value.
+    The fast copy (``fast``) reads such a number as infinite without a word: it is refused the
+    same way before scoring, so both answer alike."""
+    if fast:
+        _refuse_beyond_float32(X, source)
     try:
         yield
     except ValueError as err:
         if "too large for dtype('float32')" not in str(err):
             raise
-        for name in X.columns:
-            values = X[name]
-            if pd.api.types.is_numeric_dtype(values.dtype):
-                big = values[np.abs(values.to_numpy(dtype="float64")) > _FLOAT32_MAX]
-                if len(big):
-                    raise InputSchemaError(
-                        f"{source}: column '{name}' holds {len(big)} value(s) beyond ±3.4e38, "
-                        f"such as {big.iloc[0]:.3g}, which this model cannot read",
-                        "correct or leave out those rows",
-                    ) from None
+        _refuse_beyond_float32(X, source)
         raise
 
 
